@@ -1,0 +1,741 @@
+/**
+ * @file call.c  INVITE sessions (sipsess) as "luasip.call"
+ *
+ * A call box points at a struct lsip_call that owns the sipsess (and,
+ * for an incoming call not yet accepted, a holding server transaction
+ * that absorbs retransmissions and catches CANCEL). The call is pinned
+ * from its start until it is closed (terminal handler or local hangup).
+ * Handlers record state and emit events; they never deref the session
+ * that calls them. Dropping the session (hangup, close, __gc) lets
+ * libre's sipsess destructor finish the job: 486 for an unanswered
+ * INVITE, CANCEL for a pending outgoing one, BYE for an established one.
+ */
+
+#include "lsip.h"
+
+
+enum call_state {
+	CALL_INCOMING = 0,  /* INVITE received, nothing sent but 100 */
+	CALL_RINGING,       /* we sent 18x */
+	CALL_CALLING,       /* INVITE sent */
+	CALL_EARLY,         /* 18x received */
+	CALL_ANSWERED,      /* 200 sent, ACK not yet received */
+	CALL_ESTABLISHED,
+	CALL_CLOSED,
+};
+
+
+static const char *state_names[] = {
+	"incoming", "ringing", "calling", "early", "answered", "established",
+	"closed",
+};
+
+
+struct lsip_call {
+	const struct sip_msg *msg;   /* first: INVITE in, final resp out */
+	struct lsip_ep *ep;
+	struct sipsess *sess;
+	struct sip_strans *st;       /* holding transaction (incoming) */
+	struct mbuf *ldesc;          /* our last SDP */
+	struct mbuf *rdesc;          /* their last SDP */
+	char *cause;                 /* why it ended */
+	char reason[64];             /* final status reason */
+	uint64_t t_start, t_answer, t_end;
+	enum call_state state;
+	uint16_t status;             /* last final/provisional status */
+	int self;                    /* pin until closed */
+	bool outgoing;
+};
+
+
+static const char allow_hdr[] =
+	"Allow: INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, MESSAGE, NOTIFY\r\n";
+
+
+static void call_destructor(void *arg)
+{
+	struct lsip_call *call = arg;
+
+	if (call->st) {
+		(void)sip_treply(&call->st, lsip_ep_sip(call->ep), call->msg,
+				 480, "Temporarily Unavailable");
+		call->st = mem_deref(call->st);
+	}
+
+	mem_deref(call->sess);
+	mem_deref(call->ldesc);
+	mem_deref(call->rdesc);
+	mem_deref(call->cause);
+	mem_deref((void *)call->msg);
+	mem_deref(call->ep);
+}
+
+
+/* enter CLOSED; returns false if it already was */
+static bool call_set_closed(struct lsip_call *call, const char *cause)
+{
+	if (call->state == CALL_CLOSED)
+		return false;
+
+	call->state = CALL_CLOSED;
+	call->t_end = tmr_jiffies();
+	if (!call->cause)
+		(void)str_dup(&call->cause, cause);
+
+	return true;
+}
+
+
+/* emit ev on the call; nargs extra values already on the stack */
+static void call_emit(struct lsip_call *call, const char *ev, bool unpin)
+{
+	lua_State *L = lsip_L;
+
+	if (!lsip_push_ref(L, call->self))
+		return;
+
+	if (unpin)
+		lsip_unpin(L, &call->self);
+
+	lsip_emit(L, ev, 1);
+}
+
+
+static void set_rdesc(struct lsip_call *call, const struct sip_msg *msg)
+{
+	if (!msg || !mbuf_get_left(msg->mb))
+		return;
+
+	mem_deref(call->rdesc);
+	call->rdesc = mbuf_alloc(mbuf_get_left(msg->mb));
+	if (!call->rdesc)
+		return;
+
+	(void)mbuf_write_mem(call->rdesc, mbuf_buf(msg->mb),
+			     mbuf_get_left(msg->mb));
+	call->rdesc->pos = 0;
+}
+
+
+/* re-INVITE or UPDATE-less offer from the peer: answer with our SDP */
+static int offer_handler(struct mbuf **descp, const struct sip_msg *msg,
+			 void *arg)
+{
+	struct lsip_call *call = arg;
+
+	set_rdesc(call, msg);
+	*descp = mem_ref(call->ldesc);
+	return 0;
+}
+
+
+static int answer_handler(const struct sip_msg *msg, void *arg)
+{
+	struct lsip_call *call = arg;
+
+	set_rdesc(call, msg);
+	return 0;
+}
+
+
+static void progress_handler(const struct sip_msg *msg, void *arg)
+{
+	struct lsip_call *call = arg;
+
+	call->status = msg->scode;
+	(void)pl_strcpy(&msg->reason, call->reason, sizeof(call->reason));
+	if (msg->scode > 100 && call->state == CALL_CALLING)
+		call->state = CALL_EARLY;
+	set_rdesc(call, msg);
+	call_emit(call, "progress", false);
+}
+
+
+static void estab_handler(const struct sip_msg *msg, void *arg)
+{
+	struct lsip_call *call = arg;
+
+	if (call->outgoing) {
+		mem_deref((void *)call->msg);
+		call->msg = mem_ref((void *)msg);
+		call->status = msg->scode;
+		(void)pl_strcpy(&msg->reason, call->reason,
+				sizeof(call->reason));
+		call->t_answer = tmr_jiffies();
+	}
+
+	call->state = CALL_ESTABLISHED;
+	call_emit(call, "established", false);
+}
+
+
+static void info_handler(struct sip *sip, const struct sip_msg *msg,
+			 void *arg)
+{
+	struct lsip_call *call = arg;
+	lua_State *L = lsip_L;
+
+	(void)sip_treply(NULL, sip, msg, 200, "OK");
+
+	if (!lsip_push_ref(L, call->self))
+		return;
+
+	lsip_pushpl(L, &msg->ctyp.type);
+	lua_pushlstring(L, (const char *)mbuf_buf(msg->mb),
+			mbuf_get_left(msg->mb));
+	lsip_emit(L, "info", 3);
+}
+
+
+static void close_handler(int err, const struct sip_msg *msg, void *arg)
+{
+	struct lsip_call *call = arg;
+	const char *cause;
+
+	if (msg && msg->scode >= 300) {
+		call->status = msg->scode;
+		(void)pl_strcpy(&msg->reason, call->reason,
+				sizeof(call->reason));
+		mem_deref((void *)call->msg);
+		call->msg = mem_ref((void *)msg);
+		cause = "rejected";
+	}
+	else if (err == ECONNRESET) {
+		cause = call->state == CALL_ESTABLISHED ||
+			call->state == CALL_ANSWERED ? "hangup" : "cancelled";
+	}
+	else if (err == ETIMEDOUT) {
+		cause = "timeout";
+	}
+	else if (err) {
+		cause = "error";
+		re_snprintf(call->reason, sizeof(call->reason), "%m", err);
+	}
+	else {
+		cause = "hangup";
+	}
+
+	if (call_set_closed(call, cause))
+		call_emit(call, "closed", true);
+}
+
+
+/* CANCEL before the script accepted: the holding transaction ends */
+static void hold_cancel_handler(void *arg)
+{
+	struct lsip_call *call = arg;
+
+	(void)sip_treply(&call->st, lsip_ep_sip(call->ep), call->msg,
+			 487, "Request Terminated");
+	call->st = NULL;
+	call->status = 487;
+	if (call_set_closed(call, "cancelled"))
+		call_emit(call, "closed", true);
+}
+
+
+/**
+ * Deliver a new incoming INVITE to Lua as ep event "invite"
+ *
+ * Runs inside re_main. The handler task starts at once; if it has not
+ * answered, rung or rejected by the time it first waits, a holding
+ * transaction sends 100 Trying and catches CANCEL and retransmissions.
+ *
+ * @param ep  Endpoint
+ * @param msg INVITE
+ */
+void lsip_call_incoming(struct lsip_ep *ep, const struct sip_msg *msg)
+{
+	lua_State *L = lsip_L;
+	struct lsip_call *call;
+	struct sip *sip = lsip_ep_sip(ep);
+
+	call = mem_zalloc(sizeof(*call), call_destructor);
+	if (!call || !lsip_push_ref(L, lsip_ep_ref(ep))) {
+		(void)sip_treply(NULL, sip, msg, 503, "Service Unavailable");
+		mem_deref(call);
+		return;
+	}
+
+	call->msg = mem_ref((void *)msg);
+	call->ep = mem_ref(ep);
+	call->state = CALL_INCOMING;
+	call->t_start = tmr_jiffies();
+	set_rdesc(call, msg);
+
+	lsip_newbox(L, call, LSIP_CALL_MT);       /* ep, call */
+	call->self = lsip_pin(L, -1);
+	mem_ref(call);                            /* survive the emit */
+	lsip_emit(L, "invite", 2);
+
+	if (call->state == CALL_INCOMING && !call->sess) {
+		if (!sip_strans_alloc(&call->st, sip, msg,
+				      hold_cancel_handler, call))
+			(void)sip_treply(&call->st, sip, msg, 100, "Trying");
+	}
+
+	mem_deref(call);
+}
+
+
+static struct lsip_call *call_check(lua_State *L)
+{
+	struct lsip_call **box = lsip_checkbox(L, 1, LSIP_CALL_MT);
+
+	return *box;
+}
+
+
+/* accept the held INVITE with a provisional or 2xx status */
+static int call_accept(struct lsip_call *call, uint16_t scode,
+		       const char *reason, struct mbuf *desc,
+		       struct mbuf *hdrs)
+{
+	struct sipsess_sock *sock = lsip_ep_sock(call->ep);
+	int err;
+
+	if (!sock)
+		return ENOTCONN;
+
+	/* hand over from our holding transaction to sipsess's own */
+	call->st = mem_deref(call->st);
+
+	err = sipsess_accept(&call->sess, sock, call->msg, scode, reason,
+			     lsip_ep_user(call->ep), "application/sdp", desc,
+			     NULL, NULL, false, offer_handler, answer_handler,
+			     estab_handler, info_handler, NULL, close_handler,
+			     call, "%s%b", allow_hdr,
+			     hdrs ? hdrs->buf : NULL, hdrs ? hdrs->end : 0);
+
+	return err;
+}
+
+
+static int check_open(lua_State *L, struct lsip_call *call, const char *fn)
+{
+	if (!call || call->state == CALL_CLOSED) {
+		lua_pushnil(L);
+		lua_pushfstring(L, "%s: call is closed", fn);
+		lua_pushinteger(L, ENOTCONN);
+		return 3;
+	}
+
+	return 0;
+}
+
+
+/*
+ * call:_provisional(code, reason, headers, body) -> true | nil, err, code
+ * 180/183 for an incoming call
+ */
+static int l_call_provisional(lua_State *L)
+{
+	struct lsip_call *call = call_check(L);
+	lua_Integer code = luaL_checkinteger(L, 2);
+	const char *reason = luaL_checkstring(L, 3);
+	struct mbuf *hdrs = NULL, *body = NULL;
+	int n, err;
+
+	if (code < 101 || code > 199)
+		return luaL_error(L, "bad argument #1 to 'ring' (status "
+				  "101-199 expected, got %d)", (int)code);
+
+	if ((n = check_open(L, call, "ring")))
+		return n;
+	if (call->outgoing || call->state > CALL_RINGING)
+		return lsip_fail(L, EALREADY, "ring");
+
+	lsip_headers(&hdrs, L, 4, "ring");
+	lsip_body(&body, L, 5, "ring");
+
+	if (!call->sess) {
+		err = call_accept(call, (uint16_t)code, reason, body, hdrs);
+	}
+	else {
+		err = sipsess_progress(call->sess, (uint16_t)code, reason,
+				       body, "%b",
+				       hdrs ? hdrs->buf : NULL,
+				       hdrs ? hdrs->end : 0);
+	}
+
+	if (body) {
+		mem_deref(call->ldesc);
+		call->ldesc = body;
+	}
+	mem_deref(hdrs);
+
+	if (err)
+		return lsip_fail(L, err, "ring");
+
+	call->state = CALL_RINGING;
+	call->status = (uint16_t)code;
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+
+/* call:_answer(headers, body) -> true | nil, err, code (sends 200) */
+static int l_call_answer(lua_State *L)
+{
+	struct lsip_call *call = call_check(L);
+	struct mbuf *hdrs = NULL, *body = NULL;
+	int n, err;
+
+	if ((n = check_open(L, call, "answer")))
+		return n;
+	if (call->outgoing || call->state > CALL_RINGING)
+		return lsip_fail(L, EALREADY, "answer");
+
+	lsip_headers(&hdrs, L, 2, "answer");
+	lsip_body(&body, L, 3, "answer");
+
+	if (!call->sess)
+		err = call_accept(call, 200, "OK", body, hdrs);
+	else
+		err = sipsess_answer(call->sess, 200, "OK", body, "%s%b",
+				     allow_hdr, hdrs ? hdrs->buf : NULL,
+				     hdrs ? hdrs->end : 0);
+
+	if (body) {
+		mem_deref(call->ldesc);
+		call->ldesc = body;
+	}
+	mem_deref(hdrs);
+
+	if (err)
+		return lsip_fail(L, err, "answer");
+
+	call->state = CALL_ANSWERED;
+	call->status = 200;
+	call->t_answer = tmr_jiffies();
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+
+/* call:reject(code, reason?, headers?) -> true | nil, err, code */
+static int l_call_reject(lua_State *L)
+{
+	struct lsip_call *call = call_check(L);
+	lua_Integer code = luaL_optinteger(L, 2, 486);
+	const char *reason = luaL_optstring(L, 3, NULL);
+	struct mbuf *hdrs = NULL;
+	struct sip *sip;
+	int n, err;
+
+	if (code < 300 || code > 699)
+		return luaL_error(L, "bad argument #1 to 'reject' (status "
+				  "300-699 expected, got %d)", (int)code);
+	if (reason && strpbrk(reason, "\r\n"))
+		return luaL_error(L, "bad argument #2 to 'reject' (reason "
+				  "has CR/LF)");
+
+	if ((n = check_open(L, call, "reject")))
+		return n;
+	if (call->outgoing || call->state > CALL_RINGING)
+		return lsip_fail(L, EALREADY, "reject");
+
+	lsip_headers(&hdrs, L, 4, "reject");
+
+	if (!reason) {
+		lua_getfield(L, LUA_REGISTRYINDEX, "luasip.reasons");
+		lua_geti(L, -1, code);
+		reason = lua_tostring(L, -1);
+		if (!reason)
+			reason = "Rejected";
+	}
+	sip = lsip_ep_sip(call->ep);
+
+	if (call->sess)
+		err = sipsess_reject(call->sess, (uint16_t)code, reason,
+				     hdrs ? "%b" : NULL,
+				     hdrs ? hdrs->buf : NULL,
+				     hdrs ? hdrs->end : 0);
+	else
+		err = sip_treplyf(&call->st, NULL, sip, call->msg, false,
+				  (uint16_t)code, reason,
+				  "%b%s"
+				  "Content-Length: 0\r\n"
+				  "\r\n",
+				  hdrs ? hdrs->buf : NULL,
+				  hdrs ? hdrs->end : 0,
+				  code == 405 ? allow_hdr : "");
+	mem_deref(hdrs);
+	call->st = NULL;
+
+	call->status = (uint16_t)code;
+	(void)str_ncpy(call->reason, reason, sizeof(call->reason));
+	call_set_closed(call, "rejected");
+	lsip_unpin(L, &call->self);
+
+	if (err)
+		return lsip_fail(L, err, "reject");
+
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+
+/*
+ * call:hangup() -> true
+ * BYE when established, CANCEL when our INVITE is pending, 480 for an
+ * unanswered incoming call. Safe on a closed call.
+ */
+static int l_call_hangup(lua_State *L)
+{
+	struct lsip_call *call = call_check(L);
+	const char *cause = "local";
+
+	if (!call || call->state == CALL_CLOSED) {
+		lua_pushboolean(L, 1);
+		return 1;
+	}
+
+	if (!call->outgoing && call->state <= CALL_RINGING) {
+		struct sip *sip = lsip_ep_sip(call->ep);
+
+		if (call->sess)
+			(void)sipsess_reject(call->sess, 480,
+					     "Temporarily Unavailable", NULL);
+		else
+			(void)sip_treply(&call->st, sip, call->msg, 480,
+					 "Temporarily Unavailable");
+		call->st = NULL;
+		call->status = 480;
+	}
+	else if (call->outgoing && call->state < CALL_ESTABLISHED) {
+		cause = "cancelled";
+	}
+
+	call->sess = mem_deref(call->sess);  /* BYE or CANCEL, lingering */
+	call_set_closed(call, cause);
+	lsip_unpin(L, &call->self);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+
+/* :close(), __gc, __close: hang up if needed, then free */
+static int l_call_close(lua_State *L)
+{
+	struct lsip_call **box = lsip_checkbox(L, 1, LSIP_CALL_MT);
+
+	if (*box) {
+		l_call_hangup(L);
+		lsip_unpin(L, &(*box)->self);
+		*box = mem_deref(*box);
+	}
+
+	return 0;
+}
+
+
+/* call:info(ctype, body) -> true | nil, err, code (fire and forget) */
+static int l_call_info(lua_State *L)
+{
+	struct lsip_call *call = call_check(L);
+	const char *ctype = luaL_checkstring(L, 2);
+	struct mbuf *body = NULL;
+	int n, err;
+
+	if ((n = check_open(L, call, "info")))
+		return n;
+	if (!call->sess || call->state < CALL_ANSWERED)
+		return lsip_fail(L, ENOTCONN, "info");
+
+	lsip_body(&body, L, 3, "info");
+	err = sipsess_info(call->sess, ctype, body, NULL, NULL);
+	mem_deref(body);
+	if (err)
+		return lsip_fail(L, err, "info");
+
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+
+/*
+ * core.call(ep, uri, from, display, headers, body, ctype)
+ *   -> call | nil, err, code
+ */
+static int l_call_new(lua_State *L)
+{
+	struct lsip_ep *ep = lsip_ep_check(L, 1);
+	const char *uri = luaL_checkstring(L, 2);
+	const char *from = luaL_optstring(L, 3, NULL);
+	const char *display = luaL_optstring(L, 4, NULL);
+	const char *ctype = luaL_optstring(L, 7, "application/sdp");
+	struct mbuf *hdrs = NULL, *body = NULL;
+	struct lsip_call *call;
+	char *dfrom = NULL;
+	struct uri u;
+	struct pl pl;
+	int err;
+
+	pl_set_str(&pl, uri);
+	if (uri_decode(&u, &pl) || !pl_isset(&u.host) ||
+	    (pl_strcasecmp(&u.scheme, "sip") &&
+	     pl_strcasecmp(&u.scheme, "sips")))
+		return luaL_error(L, "bad argument #1 to 'call' (SIP URI "
+				  "expected, got \"%s\")", uri);
+	if (from) {
+		pl_set_str(&pl, from);
+		if (uri_decode(&u, &pl) || !pl_isset(&u.host))
+			return luaL_error(L, "bad option 'from' (SIP URI "
+					  "expected, got \"%s\")", from);
+	}
+	if (display && strpbrk(display, "\r\n\""))
+		return luaL_error(L, "bad option 'display' (no quotes or "
+				  "CR/LF allowed)");
+
+	lsip_headers(&hdrs, L, 5, "call");
+	lsip_body(&body, L, 6, "call");
+
+	call = mem_zalloc(sizeof(*call), call_destructor);
+	if (!call) {
+		err = ENOMEM;
+		goto out;
+	}
+
+	call->self = LUA_NOREF;
+	call->ep = mem_ref(ep);
+	call->outgoing = true;
+	call->state = CALL_CALLING;
+	call->t_start = tmr_jiffies();
+	call->ldesc = mem_ref(body);
+
+	if (!from) {
+		err = lsip_ep_from(ep, &dfrom, NULL);
+		if (err)
+			goto out;
+		from = dfrom;
+	}
+
+	err = sipsess_connect(&call->sess, lsip_ep_sock(ep), uri, display,
+			      from, lsip_ep_user(ep), NULL, 0, ctype, body,
+			      NULL, NULL, false, offer_handler,
+			      answer_handler, progress_handler, estab_handler,
+			      info_handler, NULL, close_handler, call,
+			      "%s%b", allow_hdr,
+			      hdrs ? hdrs->buf : NULL, hdrs ? hdrs->end : 0);
+
+ out:
+	mem_deref(dfrom);
+	mem_deref(hdrs);
+	mem_deref(body);
+	if (err) {
+		mem_deref(call);
+		return lsip_fail(L, err, "call");
+	}
+
+	lsip_newbox(L, call, LSIP_CALL_MT);
+	call->self = lsip_pin(L, -1);
+	return 1;
+}
+
+
+static void push_desc(lua_State *L, const struct mbuf *mb)
+{
+	if (mb)
+		lua_pushlstring(L, (const char *)mb->buf, mb->end);
+	else
+		lua_pushnil(L);
+}
+
+
+/* fields: state, cause, status, reason, duration, ... then message */
+static int l_call_getfield(lua_State *L)
+{
+	struct lsip_call *call = call_check(L);
+	const char *key = luaL_checkstring(L, 2);
+	uint64_t end;
+
+	if (!call) {
+		if (!strcmp(key, "state")) {
+			lua_pushliteral(L, "closed");
+			return 1;
+		}
+		return 0;
+	}
+
+	if (!strcmp(key, "state")) {
+		lua_pushstring(L, state_names[call->state]);
+		return 1;
+	}
+	if (!strcmp(key, "cause")) {
+		lua_pushstring(L, call->cause);
+		return 1;
+	}
+	if (!strcmp(key, "status")) {
+		lua_pushinteger(L, call->status);
+		return 1;
+	}
+	if (!strcmp(key, "reason")) {
+		lua_pushstring(L, call->reason);
+		return 1;
+	}
+	if (!strcmp(key, "direction")) {
+		lua_pushstring(L, call->outgoing ? "outgoing" : "incoming");
+		return 1;
+	}
+	if (!strcmp(key, "duration")) {
+		end = call->t_end ? call->t_end : tmr_jiffies();
+		lua_pushnumber(L, call->t_answer ?
+			       (end - call->t_answer) / 1000.0 : 0.0);
+		return 1;
+	}
+	if (!strcmp(key, "age")) {
+		end = call->t_end ? call->t_end : tmr_jiffies();
+		lua_pushnumber(L, (end - call->t_start) / 1000.0);
+		return 1;
+	}
+	if (!strcmp(key, "remote_sdp")) {
+		push_desc(L, call->rdesc);
+		return 1;
+	}
+	if (!strcmp(key, "local_sdp")) {
+		push_desc(L, call->ldesc);
+		return 1;
+	}
+	if (!strcmp(key, "call_id") && call->sess) {
+		lua_pushstring(L, sip_dialog_callid(
+				       sipsess_dialog(call->sess)));
+		return 1;
+	}
+	if (!call->msg)
+		return 0;
+
+	return lsip_msg_index(L, call->msg, key);
+}
+
+
+/**
+ * Register core.call and the luasip.call type
+ *
+ * @param L Lua state, module table on top
+ *
+ * @return 0
+ */
+int lsip_open_call(lua_State *L)
+{
+	static const luaL_Reg methods[] = {
+		{"_provisional", l_call_provisional},
+		{"_answer", l_call_answer},
+		{"reject", l_call_reject},
+		{"hangup", l_call_hangup},
+		{"info", l_call_info},
+		{"close", l_call_close},
+		{NULL, NULL}
+	};
+	static const luaL_Reg meta[] = {
+		{"__gc", l_call_close},
+		{"__close", l_call_close},
+		{"__getfield", l_call_getfield},
+		{NULL, NULL}
+	};
+
+	lsip_setfuncs(L, LSIP_CALL_MT, methods, meta);
+	lua_pushcfunction(L, l_call_new);
+	lua_setfield(L, -2, "call");
+	return 0;
+}

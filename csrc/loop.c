@@ -1,0 +1,230 @@
+/**
+ * @file loop.c  libre's main loop and timers as "luasip.timer"
+ *
+ * There is one loop: re_main() on the thread that opened the module. A
+ * timer box points at a struct lsip_timer; the struct is pinned (registry
+ * ref to its box) while the timer runs, so the Lua GC cannot collect a
+ * timer libre still holds. The timeout handler unpins before emitting, so
+ * the script may restart the timer from the event. :close(), __gc and
+ * __close share one release path that cancels the tmr.
+ */
+
+#include "lsip.h"
+#include <time.h>
+#include <signal.h>
+
+
+struct lsip_timer {
+	struct tmr tmr;
+	int self;          /* pin while running */
+};
+
+
+static void timer_destructor(void *arg)
+{
+	struct lsip_timer *t = arg;
+
+	tmr_cancel(&t->tmr);
+}
+
+
+/* runs inside re_main */
+static void timeout_handler(void *arg)
+{
+	struct lsip_timer *t = arg;
+	lua_State *L = lsip_L;
+
+	if (!lsip_push_ref(L, t->self))
+		return;
+
+	lsip_unpin(L, &t->self);
+	lsip_emit(L, "timer", 1);
+}
+
+
+static struct lsip_timer *timer_check(lua_State *L)
+{
+	struct lsip_timer **box = lsip_checkbox(L, 1, LSIP_TIMER_MT);
+
+	return *box;
+}
+
+
+/* core.timer() -> timer */
+static int l_timer_new(lua_State *L)
+{
+	struct lsip_timer *t = mem_zalloc(sizeof(*t), timer_destructor);
+
+	if (!t)
+		return luaL_error(L, "luasip.timer: out of memory");
+
+	t->self = LUA_NOREF;
+	tmr_init(&t->tmr);
+	lsip_newbox(L, t, LSIP_TIMER_MT);
+	return 1;
+}
+
+
+/* timer:start(seconds) -> true; restarts a running timer */
+static int l_timer_start(lua_State *L)
+{
+	struct lsip_timer *t = timer_check(L);
+	lua_Number s = luaL_checknumber(L, 2);
+
+	if (!(s >= 0) || s > 1e9)
+		return luaL_error(L, "bad argument #1 to 'start' (seconds "
+				  "out of range: %f)", s);
+	if (!t)
+		return lsip_fail(L, ENOTCONN, "closed");
+
+	if (t->self == LUA_NOREF)
+		t->self = lsip_pin(L, 1);
+
+	tmr_start(&t->tmr, (uint64_t)(s * 1000.0 + 0.5), timeout_handler, t);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+
+/* timer:stop() -> true */
+static int l_timer_stop(lua_State *L)
+{
+	struct lsip_timer *t = timer_check(L);
+
+	if (t) {
+		tmr_cancel(&t->tmr);
+		lsip_unpin(L, &t->self);
+	}
+
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+
+/* timer:remaining() -> seconds left, 0 when stopped or due */
+static int l_timer_remaining(lua_State *L)
+{
+	struct lsip_timer *t = timer_check(L);
+
+	lua_pushnumber(L, t ? tmr_get_expire(&t->tmr) / 1000.0 : 0);
+	return 1;
+}
+
+
+/* timer:running() -> boolean */
+static int l_timer_running(lua_State *L)
+{
+	struct lsip_timer *t = timer_check(L);
+
+	lua_pushboolean(L, t && tmr_isrunning(&t->tmr));
+	return 1;
+}
+
+
+/* :close(), __gc, __close */
+static int l_timer_close(lua_State *L)
+{
+	struct lsip_timer **box = lsip_checkbox(L, 1, LSIP_TIMER_MT);
+
+	if (*box) {
+		lsip_unpin(L, &(*box)->self);
+		*box = mem_deref(*box);
+	}
+
+	return 0;
+}
+
+
+static void signal_handler(int sig)
+{
+	(void)sig;
+	re_cancel();
+}
+
+
+/* core.run() -> true | nil, err: runs re_main until core.stop() */
+static int l_run(lua_State *L)
+{
+	int err = re_main(signal_handler);
+
+	if (err)
+		return lsip_fail(L, err, "run");
+
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+
+/* core.stop(): make re_main return after the current event */
+static int l_stop(lua_State *L)
+{
+	(void)L;
+	re_cancel();
+	return 0;
+}
+
+
+/* core.now() -> monotonic seconds (float) */
+static int l_now(lua_State *L)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	lua_pushnumber(L, ts.tv_sec + ts.tv_nsec / 1e9);
+	return 1;
+}
+
+
+/* core.timers() -> running timers, next timeout (ms, libre semantics) */
+static int l_timers(lua_State *L)
+{
+	lua_pushinteger(L, lsip_tmr_count());
+	lua_pushinteger(L, (lua_Integer)tmr_next_timeout(NULL));
+	return 2;
+}
+
+
+/* core.jiffies() -> libre's millisecond clock */
+static int l_jiffies(lua_State *L)
+{
+	lua_pushinteger(L, (lua_Integer)tmr_jiffies());
+	return 1;
+}
+
+
+/**
+ * Register the loop functions and the luasip.timer type
+ *
+ * @param L Lua state, module table on top
+ *
+ * @return 0
+ */
+int lsip_open_loop(lua_State *L)
+{
+	static const luaL_Reg methods[] = {
+		{"start", l_timer_start},
+		{"stop", l_timer_stop},
+		{"remaining", l_timer_remaining},
+		{"running", l_timer_running},
+		{"close", l_timer_close},
+		{NULL, NULL}
+	};
+	static const luaL_Reg meta[] = {
+		{"__gc", l_timer_close},
+		{"__close", l_timer_close},
+		{NULL, NULL}
+	};
+	static const luaL_Reg funcs[] = {
+		{"timer", l_timer_new},
+		{"run", l_run},
+		{"stop", l_stop},
+		{"now", l_now},
+		{"timers", l_timers},
+		{"jiffies", l_jiffies},
+		{NULL, NULL}
+	};
+
+	lsip_setfuncs(L, LSIP_TIMER_MT, methods, meta);
+	luaL_setfuncs(L, funcs, 0);
+	return 0;
+}

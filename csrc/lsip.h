@@ -1,0 +1,88 @@
+/**
+ * @file lsip.h  luasip: shared declarations of the C core
+ *
+ * Every csrc/ file includes this header. It declares the metatable names,
+ * the main-thread state that libre handlers use to reach Lua, and the
+ * helpers every part shares (pins, events, failure tuples). Nothing here
+ * knows the internals of one part: parts talk through these helpers.
+ */
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE 1
+#endif
+#include <stdarg.h>
+#include <string.h>
+#include <re.h>
+#include <lua.h>
+#include <lauxlib.h>
+
+#if LUA_VERSION_NUM < 504
+#error "luasip needs Lua 5.4"
+#endif
+
+
+#define LSIP_NAME      "luasip"
+#define LSIP_VERSION   "0.1.0"
+
+#define LSIP_TIMER_MT  "luasip.timer"
+#define LSIP_EP_MT     "luasip.endpoint"
+#define LSIP_REQ_MT    "luasip.request"
+#define LSIP_CREQ_MT   "luasip.client_request"
+#define LSIP_RESP_MT   "luasip.response"
+#define LSIP_CALL_MT   "luasip.call"
+
+
+/* main thread; set once at open time, used by every libre handler */
+extern lua_State *lsip_L;
+
+
+/* util.c */
+int  lsip_fail(lua_State *L, int err, const char *ctx);
+int  lsip_fail_status(lua_State *L, uint16_t scode, const struct pl *reason);
+int  lsip_pin(lua_State *L, int idx);
+void lsip_unpin(lua_State *L, int *ref);
+bool lsip_push_ref(lua_State *L, int ref);
+void lsip_emit(lua_State *L, const char *ev, int nargs);
+void lsip_pushpl(lua_State *L, const struct pl *pl);
+void *lsip_newbox(lua_State *L, void *p, const char *mt);
+void *lsip_checkbox(lua_State *L, int idx, const char *mt);
+void *lsip_testbox(lua_State *L, int idx, const char *mt);
+void lsip_setfuncs(lua_State *L, const char *mt, const luaL_Reg *methods,
+		   const luaL_Reg *meta);
+int  lsip_opt_string(lua_State *L, int idx, const char *field,
+		     const char **out);
+int  lsip_headers(struct mbuf **mbp, lua_State *L, int idx,
+		  const char *fname);
+int  lsip_body(struct mbuf **mbp, lua_State *L, int idx, const char *fname);
+const char *lsip_tpname(enum sip_transp tp);
+
+/* message.c */
+void lsip_push_msg(lua_State *L, const struct sip_msg *msg, const char *mt);
+int  lsip_msg_index(lua_State *L, const struct sip_msg *msg,
+		    const char *key);
+
+/* stack.c */
+struct lsip_ep;
+struct sip *lsip_ep_sip(const struct lsip_ep *ep);
+struct sipsess_sock *lsip_ep_sock(const struct lsip_ep *ep);
+struct lsip_ep *lsip_ep_check(lua_State *L, int idx);
+int  lsip_ep_ref(const struct lsip_ep *ep);
+const char *lsip_ep_user(const struct lsip_ep *ep);
+int  lsip_ep_from(struct lsip_ep *ep, char **fromp, const char *user);
+
+/* request.c */
+bool lsip_request_incoming(struct lsip_ep *ep, const struct sip_msg *msg);
+
+/* call.c */
+void lsip_call_incoming(struct lsip_ep *ep, const struct sip_msg *msg);
+
+/* tmr.c: libre's timer API as a binary heap */
+uint32_t lsip_tmr_count(void);
+
+/* one open function per part, called by core.c with the module on top */
+int lsip_open_util(lua_State *L);
+int lsip_open_loop(lua_State *L);
+int lsip_open_message(lua_State *L);
+int lsip_open_stack(lua_State *L);
+int lsip_open_request(lua_State *L);
+int lsip_open_call(lua_State *L);

@@ -1,0 +1,594 @@
+/**
+ * @file stack.c  SIP endpoints: struct sip, transports, sipsess socket
+ *
+ * An endpoint box points at a struct lsip_ep that owns the SIP stack, the
+ * session socket and the request listener. The endpoint is pinned from
+ * creation until :close(), because libre delivers requests to it at any
+ * time. Requests and calls hold a mem_ref on the struct, so the stack
+ * outlives every object built on it; sip_close() at :close() stops new
+ * traffic and lets transactions finish on their own.
+ */
+
+#include "lsip.h"
+#include <openssl/ssl.h>
+
+
+enum {
+	CTRANS_HASH = 16384,
+	STRANS_HASH = 16384,
+	TCONN_HASH  = 1024,
+	SESS_HASH   = 16384,
+	LADDR_MAX   = 8,
+};
+
+
+struct lsip_laddr {
+	enum sip_transp tp;
+	struct sa sa;
+};
+
+
+struct lsip_ep {
+	struct sip *sip;
+	struct sipsess_sock *sock;
+	struct sip_lsnr *lsnr;
+	struct tls *tls;
+	struct lsip_laddr laddrv[LADDR_MAX];
+	size_t laddrc;
+	char *user;        /* Contact user part */
+	char *from;        /* default From: display + URI */
+	int self;          /* pin until :close() */
+	bool closed;
+};
+
+
+static void ep_destructor(void *arg)
+{
+	struct lsip_ep *ep = arg;
+
+	mem_deref(ep->lsnr);
+	mem_deref(ep->sock);
+	if (ep->sip)
+		sip_close(ep->sip, false);
+	mem_deref(ep->sip);
+	mem_deref(ep->tls);
+	mem_deref(ep->user);
+	mem_deref(ep->from);
+}
+
+
+/**
+ * Get the SIP stack of an endpoint
+ *
+ * @param ep Endpoint
+ *
+ * @return SIP stack
+ */
+struct sip *lsip_ep_sip(const struct lsip_ep *ep)
+{
+	return ep ? ep->sip : NULL;
+}
+
+
+/**
+ * Get the session socket of an endpoint
+ *
+ * @param ep Endpoint
+ *
+ * @return sipsess socket
+ */
+struct sipsess_sock *lsip_ep_sock(const struct lsip_ep *ep)
+{
+	return ep ? ep->sock : NULL;
+}
+
+
+/**
+ * Get the registry ref of the endpoint's box (LUA_NOREF once closed)
+ *
+ * @param ep Endpoint
+ *
+ * @return Reference
+ */
+int lsip_ep_ref(const struct lsip_ep *ep)
+{
+	return ep ? ep->self : LUA_NOREF;
+}
+
+
+/**
+ * Get the Contact user of the endpoint
+ *
+ * @param ep Endpoint
+ *
+ * @return User part
+ */
+const char *lsip_ep_user(const struct lsip_ep *ep)
+{
+	return ep->user;
+}
+
+
+/**
+ * Check that idx is an open endpoint
+ *
+ * @param L   Lua state
+ * @param idx Stack index
+ *
+ * @return Endpoint (raises when closed)
+ */
+struct lsip_ep *lsip_ep_check(lua_State *L, int idx)
+{
+	struct lsip_ep **box = lsip_checkbox(L, idx, LSIP_EP_MT);
+
+	if (!*box || (*box)->closed)
+		luaL_error(L, "luasip.endpoint: endpoint is closed");
+
+	return *box;
+}
+
+
+/**
+ * Build the default From URI for this endpoint: sip:user@first-laddr
+ *
+ * @param ep    Endpoint
+ * @param fromp Set to the new string
+ * @param user  User part, or NULL for the endpoint's user
+ *
+ * @return 0 if success, otherwise errorcode
+ */
+int lsip_ep_from(struct lsip_ep *ep, char **fromp, const char *user)
+{
+	const struct lsip_laddr *la;
+
+	if (!ep->laddrc)
+		return EINVAL;
+
+	if (ep->from && !user)
+		return str_dup(fromp, ep->from);
+
+	la = &ep->laddrv[0];
+	return re_sdprintf(fromp, "sip:%s@%J", user ? user : ep->user,
+			   &la->sa);
+}
+
+
+/* mandatory headers of RFC 3261 8.1.1; returns a reason, or NULL if ok */
+static const char *msg_invalid(const struct sip_msg *msg)
+{
+	if (pl_strcmp(&msg->ver, "SIP/2.0"))
+		return "Bad SIP Version";
+	if (!pl_isset(&msg->via.branch) && !pl_isset(&msg->via.sentby))
+		return "Missing Via";
+	if (!pl_isset(&msg->from.auri))
+		return "Missing or Bad From";
+	if (!pl_isset(&msg->to.auri))
+		return "Missing or Bad To";
+	if (!pl_isset(&msg->callid))
+		return "Missing Call-ID";
+	if (!pl_isset(&msg->cseq.met) ||
+	    !sip_msg_hdr(msg, SIP_HDR_CSEQ))
+		return "Missing or Bad CSeq";
+	if (pl_cmp(&msg->cseq.met, &msg->met))
+		return "CSeq Method Mismatch";
+	if (pl_isset(&msg->maxfwd) && pl_u32(&msg->maxfwd) == 0 &&
+	    msg->maxfwd.p[0] != '0')
+		return "Bad Max-Forwards";
+	if (pl_isset(&msg->clen) &&
+	    pl_u32(&msg->clen) != mbuf_get_left(msg->mb))
+		return "Bad Content-Length";
+
+	return NULL;
+}
+
+
+/*
+ * Runs inside re_main, before sipsess's own listener (it is registered
+ * first). Validates every request; takes out-of-dialog non-INVITE
+ * requests and in-dialog requests sipsess does not know.
+ */
+static bool request_handler(const struct sip_msg *msg, void *arg)
+{
+	struct lsip_ep *ep = arg;
+	const char *bad = msg_invalid(msg);
+	bool indialog = pl_isset(&msg->to.tag);
+
+	if (bad) {
+		if (pl_strcmp(&msg->met, "ACK"))
+			(void)sip_reply(ep->sip, msg, 400, bad);
+		return true;
+	}
+
+	if (ep->closed) {
+		if (pl_strcmp(&msg->met, "ACK"))
+			(void)sip_reply(ep->sip, msg, 503,
+					"Service Unavailable");
+		return true;
+	}
+
+	if (!pl_strcmp(&msg->met, "INVITE") || !pl_strcmp(&msg->met, "ACK") ||
+	    !pl_strcmp(&msg->met, "BYE") || !pl_strcmp(&msg->met, "CANCEL"))
+		return false;
+
+	if (indialog && (!pl_strcmp(&msg->met, "INFO") ||
+			 !pl_strcmp(&msg->met, "REFER")))
+		return false;
+
+	return lsip_request_incoming(ep, msg);
+}
+
+
+/* new INVITE outside a dialog; runs inside re_main */
+static void conn_handler(const struct sip_msg *msg, void *arg)
+{
+	struct lsip_ep *ep = arg;
+
+	lsip_call_incoming(ep, msg);
+}
+
+
+static int parse_listen(lua_State *L, const char *s, enum sip_transp *tp,
+			struct sa *sa, int i)
+{
+	struct pl scheme, host, port;
+	const char *rest;
+	char hbuf[64];
+
+	rest = strchr(s, ':');
+	if (!rest)
+		return luaL_error(L, "luasip.endpoint: listen[%d]: expected "
+				  "\"transport:host:port\", got \"%s\"", i, s);
+
+	scheme.p = s;
+	scheme.l = rest - s;
+	if (!pl_strcasecmp(&scheme, "udp"))
+		*tp = SIP_TRANSP_UDP;
+	else if (!pl_strcasecmp(&scheme, "tcp"))
+		*tp = SIP_TRANSP_TCP;
+	else if (!pl_strcasecmp(&scheme, "tls"))
+		*tp = SIP_TRANSP_TLS;
+	else if (!pl_strcasecmp(&scheme, "ws"))
+		*tp = SIP_TRANSP_WS;
+	else {
+		lua_pushlstring(L, scheme.p, scheme.l);
+		return luaL_error(L, "luasip.endpoint: listen[%d]: unknown "
+				  "transport \"%s\" in \"%s\"", i,
+				  lua_tostring(L, -1), s);
+	}
+
+	++rest;
+	if (re_regex(rest, strlen(rest), "\\[[0-9a-f:.]+\\]:[0-9]+",
+		     &host, &port) &&
+	    re_regex(rest, strlen(rest), "[0-9.]+:[0-9]+", &host, &port))
+		return luaL_error(L, "luasip.endpoint: listen[%d]: bad "
+				  "address in \"%s\" (want ip:port or "
+				  "[ipv6]:port)", i, s);
+
+	if (port.p + port.l != rest + strlen(rest) ||
+	    (host.p != rest && host.p != rest + 1))
+		return luaL_error(L, "luasip.endpoint: listen[%d]: bad "
+				  "address in \"%s\"", i, s);
+
+	if (port.l > 5 || pl_u32(&port) > 65535)
+		return luaL_error(L, "luasip.endpoint: listen[%d]: port out "
+				  "of range in \"%s\"", i, s);
+
+	(void)pl_strcpy(&host, hbuf, sizeof(hbuf));
+	if (sa_set_str(sa, hbuf, pl_u32(&port)))
+		return luaL_error(L, "luasip.endpoint: listen[%d]: bad IP "
+				  "address \"%s\" in \"%s\"", i, hbuf, s);
+
+	return 0;
+}
+
+
+/* tls = { cert=, key=, ca=, verify=true } */
+static int setup_tls(lua_State *L, struct lsip_ep *ep, int opt)
+{
+	const char *cert, *key, *ca;
+	bool verify = true;
+	SSL_CTX *ctx;
+	int err;
+
+	if (ep->tls)
+		return 0;
+
+	lua_getfield(L, opt, "tls");
+	if (!lua_istable(L, -1))
+		return luaL_error(L, "luasip.endpoint: tls listen needs "
+				  "tls = { cert = ..., key = ... }");
+
+	lsip_opt_string(L, lua_gettop(L), "cert", &cert);
+	lsip_opt_string(L, lua_gettop(L), "key", &key);
+	lsip_opt_string(L, lua_gettop(L), "ca", &ca);
+	lua_getfield(L, -1, "verify");
+	if (!lua_isnil(L, -1))
+		verify = lua_toboolean(L, -1);
+	lua_pop(L, 1);
+
+	if (!cert)
+		return luaL_error(L, "luasip.endpoint: tls.cert: PEM file "
+				  "expected, got nil");
+
+	err = tls_alloc(&ep->tls, TLS_METHOD_SSLV23, key ? key : cert, NULL);
+	if (err) {
+		lua_pop(L, 1);
+		return err;
+	}
+
+	ctx = tls_openssl_context(ep->tls);
+	if (key && SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
+		lua_pop(L, 1);
+		return EINVAL;
+	}
+
+	if (ca) {
+		err = tls_add_ca(ep->tls, ca);
+		if (err) {
+			lua_pop(L, 1);
+			return err;
+		}
+	}
+	else if (verify) {
+		SSL_CTX_set_default_verify_paths(ctx);
+	}
+
+	/* libre trusts every peer by default; we verify unless told not to */
+	SSL_CTX_set_verify(ctx, verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE,
+			   NULL);
+	lua_pop(L, 1);
+	return 0;
+}
+
+
+static int add_transport(lua_State *L, struct lsip_ep *ep, int opt,
+			 const char *s, int i)
+{
+	enum sip_transp tp = SIP_TRANSP_NONE;
+	struct sa sa, laddr;
+	int err;
+
+	parse_listen(L, s, &tp, &sa, i);
+
+	if (ep->laddrc >= LADDR_MAX)
+		return luaL_error(L, "luasip.endpoint: listen: at most %d "
+				  "addresses", LADDR_MAX);
+
+	switch (tp) {
+
+	case SIP_TRANSP_TLS:
+		err = setup_tls(L, ep, opt);
+		if (err)
+			return err;
+		err = sip_transp_add(ep->sip, tp, &sa, ep->tls);
+		break;
+
+	case SIP_TRANSP_WS:
+		err = sip_transp_add_websock(ep->sip, tp, &sa, true, NULL);
+		break;
+
+	default:
+		err = sip_transp_add(ep->sip, tp, &sa);
+		break;
+	}
+
+	if (err)
+		return err;
+
+	/* the newest transport of this kind is last; libre returns the
+	 * first match, so a second listen of one kind reports its own
+	 * port only when it was not 0 */
+	if (sip_transp_laddr(ep->sip, &laddr, tp, &sa) || !sa_port(&laddr) ||
+	    (sa_port(&sa) && sa_port(&sa) != sa_port(&laddr)))
+		laddr = sa;
+
+	ep->laddrv[ep->laddrc].tp = tp;
+	ep->laddrv[ep->laddrc].sa = laddr;
+	++ep->laddrc;
+	return 0;
+}
+
+
+/* core.endpoint(opts) -> ep | nil, err, code */
+static int l_endpoint_new(lua_State *L)
+{
+	struct lsip_ep *ep;
+	const char *ua, *user, *from;
+	lua_Integer i, n;
+	int err, opt = 1;
+
+	luaL_checktype(L, opt, LUA_TTABLE);
+	lsip_opt_string(L, opt, "user_agent", &ua);
+	lsip_opt_string(L, opt, "user", &user);
+	lsip_opt_string(L, opt, "from", &from);
+
+	lua_getfield(L, opt, "listen");
+	if (lua_type(L, -1) == LUA_TSTRING) {
+		lua_createtable(L, 1, 0);
+		lua_insert(L, -2);
+		lua_rawseti(L, -2, 1);
+	}
+	if (!lua_istable(L, -1))
+		return luaL_error(L, "luasip.endpoint: listen: table of "
+				  "\"transport:ip:port\" expected, got %s",
+				  luaL_typename(L, -1));
+	n = luaL_len(L, -1);
+	if (n < 1)
+		return luaL_error(L, "luasip.endpoint: listen: at least one "
+				  "address expected");
+	for (i = 1; i <= n; i++) {
+		if (lua_geti(L, -1, i) != LUA_TSTRING)
+			return luaL_error(L, "luasip.endpoint: listen[%d]: "
+					  "string expected, got %s", (int)i,
+					  luaL_typename(L, -1));
+		lua_pop(L, 1);
+	}
+
+	ep = mem_zalloc(sizeof(*ep), ep_destructor);
+	if (!ep)
+		return lsip_fail(L, ENOMEM, "endpoint");
+
+	ep->self = LUA_NOREF;
+	lsip_newbox(L, ep, LSIP_EP_MT);           /* opts, listen, box */
+
+	err = str_dup(&ep->user, user ? user : "luasip");
+	if (!err && from)
+		err = str_dup(&ep->from, from);
+	if (err)
+		goto out;
+
+	err = sip_alloc(&ep->sip, NULL, CTRANS_HASH, STRANS_HASH, TCONN_HASH,
+			ua ? ua : LSIP_NAME "/" LSIP_VERSION, NULL, NULL);
+	if (err)
+		goto out;
+
+	/* ours first: it validates before sipsess sees anything */
+	err = sip_listen(&ep->lsnr, ep->sip, true, request_handler, ep);
+	if (err)
+		goto out;
+
+	err = sipsess_listen(&ep->sock, ep->sip, SESS_HASH, conn_handler, ep);
+	if (err)
+		goto out;
+
+	for (i = 1; i <= n; i++) {
+		lua_geti(L, -2, i);
+		err = add_transport(L, ep, opt, lua_tostring(L, -1), (int)i);
+		if (err) {
+			const char *s = lua_tostring(L, -1);
+
+			lua_settop(L, 0);
+			lsip_fail(L, err, NULL);
+			lua_pushfstring(L, "endpoint: listen \"%s\": %s", s,
+					lua_tostring(L, 2));
+			lua_replace(L, 2);
+			return 3;
+		}
+		lua_pop(L, 1);
+	}
+
+	ep->self = lsip_pin(L, -1);
+	return 1;
+
+ out:
+	return lsip_fail(L, err, "endpoint");
+}
+
+
+/* ep:close(): stop listening; calls and requests in flight finish */
+static int l_ep_close(lua_State *L)
+{
+	struct lsip_ep **box = lsip_checkbox(L, 1, LSIP_EP_MT);
+	struct lsip_ep *ep = *box;
+
+	if (ep && !ep->closed) {
+		ep->closed = true;
+		sipsess_close_all(ep->sock);
+		ep->sock = mem_deref(ep->sock);
+		ep->lsnr = mem_deref(ep->lsnr);
+		sip_close(ep->sip, false);
+		lsip_unpin(L, &ep->self);
+	}
+
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+
+/* __gc: the struct lives on while requests and calls reference it */
+static int l_ep_gc(lua_State *L)
+{
+	struct lsip_ep **box = lsip_checkbox(L, 1, LSIP_EP_MT);
+
+	if (*box) {
+		lsip_unpin(L, &(*box)->self);
+		*box = mem_deref(*box);
+	}
+
+	return 0;
+}
+
+
+/* ep:addresses() -> { {transport=, host=, port=, uri=}, ... } */
+static int l_ep_addresses(lua_State *L)
+{
+	struct lsip_ep **box = lsip_checkbox(L, 1, LSIP_EP_MT);
+	struct lsip_ep *ep = *box;
+	size_t i;
+
+	lua_newtable(L);
+	for (i = 0; ep && i < ep->laddrc; i++) {
+		const struct lsip_laddr *la = &ep->laddrv[i];
+		char buf[160];
+
+		lua_createtable(L, 0, 4);
+		lua_pushstring(L, lsip_tpname(la->tp));
+		lua_setfield(L, -2, "transport");
+		re_snprintf(buf, sizeof(buf), "%j", &la->sa);
+		lua_pushstring(L, buf);
+		lua_setfield(L, -2, "host");
+		lua_pushinteger(L, sa_port(&la->sa));
+		lua_setfield(L, -2, "port");
+		if (la->tp == SIP_TRANSP_UDP)
+			re_snprintf(buf, sizeof(buf), "sip:%s@%J", ep->user,
+				    &la->sa);
+		else if (la->tp == SIP_TRANSP_TLS)
+			re_snprintf(buf, sizeof(buf), "sips:%s@%J", ep->user,
+				    &la->sa);
+		else
+			re_snprintf(buf, sizeof(buf),
+				    "sip:%s@%J;transport=%s", ep->user,
+				    &la->sa, lsip_tpname(la->tp));
+		lua_pushstring(L, buf);
+		lua_setfield(L, -2, "uri");
+		lua_rawseti(L, -2, (lua_Integer)i + 1);
+	}
+
+	return 1;
+}
+
+
+/* ep.closed, ep.user */
+static int l_ep_getfield(lua_State *L)
+{
+	struct lsip_ep **box = lsip_checkbox(L, 1, LSIP_EP_MT);
+	const char *key = luaL_checkstring(L, 2);
+
+	if (!strcmp(key, "closed")) {
+		lua_pushboolean(L, !*box || (*box)->closed);
+		return 1;
+	}
+	if (!strcmp(key, "user") && *box) {
+		lua_pushstring(L, (*box)->user);
+		return 1;
+	}
+
+	return 0;
+}
+
+
+/**
+ * Register core.endpoint and the luasip.endpoint type
+ *
+ * @param L Lua state, module table on top
+ *
+ * @return 0
+ */
+int lsip_open_stack(lua_State *L)
+{
+	static const luaL_Reg methods[] = {
+		{"close", l_ep_close},
+		{"addresses", l_ep_addresses},
+		{NULL, NULL}
+	};
+	static const luaL_Reg meta[] = {
+		{"__gc", l_ep_gc},
+		{"__getfield", l_ep_getfield},
+		{NULL, NULL}
+	};
+
+	lsip_setfuncs(L, LSIP_EP_MT, methods, meta);
+	lua_pushcfunction(L, l_endpoint_new);
+	lua_setfield(L, -2, "endpoint");
+	return 0;
+}
