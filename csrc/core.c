@@ -26,6 +26,20 @@ static const struct {
 static bool inited;
 
 
+/* __gc of a sentinel in the registry: lua_close() frees libre's tables */
+static int l_sentinel_gc(lua_State *L)
+{
+	(void)L;
+
+	if (inited) {
+		libre_close();
+		inited = false;
+	}
+
+	return 0;
+}
+
+
 /**
  * Open the luasip.core module
  *
@@ -46,6 +60,13 @@ int luaopen_luasip_core(lua_State *L)
 					  strerror(err));
 		(void)fd_setsize(8192);
 		inited = true;
+
+		lua_newuserdatauv(L, 0, 0);
+		lua_newtable(L);
+		lua_pushcfunction(L, l_sentinel_gc);
+		lua_setfield(L, -2, "__gc");
+		lua_setmetatable(L, -2);
+		lua_setfield(L, LUA_REGISTRYINDEX, "luasip.sentinel");
 	}
 
 	lua_newtable(L);

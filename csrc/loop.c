@@ -14,6 +14,10 @@
 #include <signal.h>
 
 
+/* libre's main.c: the calling thread's timer list (not in re's headers) */
+extern struct list *tmrl_get(void);
+
+
 struct lsip_timer {
 	struct tmr tmr;
 	int self;          /* pin while running */
@@ -179,7 +183,7 @@ static int l_now(lua_State *L)
 static int l_timers(lua_State *L)
 {
 	lua_pushinteger(L, lsip_tmr_count());
-	lua_pushinteger(L, (lua_Integer)tmr_next_timeout(NULL));
+	lua_pushinteger(L, (lua_Integer)tmr_next_timeout(tmrl_get()));
 	return 2;
 }
 

@@ -487,6 +487,7 @@ static int l_ep_close(lua_State *L)
 		ep->sock = mem_deref(ep->sock);
 		ep->lsnr = mem_deref(ep->lsnr);
 		sip_close(ep->sip, false);
+		sip_transp_flush(ep->sip);  /* release the ports now */
 		lsip_unpin(L, &ep->self);
 	}
 

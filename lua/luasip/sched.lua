@@ -273,22 +273,22 @@ end
 
 -- the dispatcher C calls for every event
 local function dispatch(obj, ev, ...)
-    if ev == "timer" then
-        local co = timer_owner[obj]
-        if co then
-            timer_owner[obj] = nil
-            local task = tasks[co]
-            if task and task.wtimer == obj then
-                task.wtimer = nil
-                wake(task, "timeout")
-                put_timer(obj)
-            end
+    -- a wait timer wakes its task; any other timer (luasip.after, a
+    -- script's core.timer()) goes to its handler and listeners below
+    local co = ev == "timer" and timer_owner[obj]
+    if co then
+        timer_owner[obj] = nil
+        local task = tasks[co]
+        if task and task.wtimer == obj then
+            task.wtimer = nil
+            wake(task, "timeout")
+            put_timer(obj)
         end
     else
         local h = handlers[obj]
         if h then h(obj, ev, ...) end
-        local co = waiting[obj]
-        if co then wake(tasks[co], ev, ...) end
+        local wco = waiting[obj]
+        if wco then wake(tasks[wco], ev, ...) end
         local l = listeners[obj]
         local list = l and l[ev]
         if list then

@@ -1,0 +1,140 @@
+--- spec/helper.lua: run a scenario inside luasip's loop with a deadline.
+-- Specs `require "spec.helper"`; nothing here is global.
+local sip = require "luasip"
+local sched = require "luasip.sched"
+
+local h = { sip = sip }
+
+--- Run fn(...) as the first task of a fresh loop; fail the spec if it
+-- raises (with the task's traceback) or if `seconds` pass first.
+-- Endpoints created through h.endpoint are closed at the end.
+function h.run(fn, seconds, ...)
+    seconds = seconds or 5
+    local err, finished, timed_out
+    local args = table.pack(...)
+    local opened = {}
+    h._opened = opened
+    local watchdog
+    sip.run(function()
+        watchdog = sip.after(seconds, function()
+            timed_out = true
+            sip.stop()
+        end)
+        local ok, e = xpcall(fn, debug.traceback, table.unpack(args, 1, args.n))
+        if not ok then err = e end
+        finished = true
+        for _, ep in ipairs(opened) do
+            if not ep.closed then ep:close() end
+        end
+        watchdog.stop()
+        sip.stop()
+    end)
+    h._opened = nil
+    if err then error(err, 0) end
+    if timed_out and not finished then
+        error(("scenario did not finish within %s s"):format(seconds), 0)
+    end
+    return true
+end
+
+
+--- An endpoint on loopback with port 0 for each transport given
+-- (default udp), closed when the scenario ends.
+function h.endpoint(opts)
+    opts = opts or {}
+    local listen = {}
+    for _, tp in ipairs(opts.transports or { "udp" }) do
+        listen[#listen + 1] = tp .. ":" .. (opts.host or "127.0.0.1") .. ":0"
+    end
+    local o = { listen = listen }
+    for k, v in pairs(opts) do
+        if k ~= "transports" and k ~= "host" then o[k] = v end
+    end
+    local ep = assert(sip.endpoint(o))
+    if h._opened then h._opened[#h._opened + 1] = ep end
+    return ep
+end
+
+
+--- The URI of ep for transport tp with another user part.
+function h.uri(ep, user, tp)
+    local u = assert(ep:uri(tp), "no " .. tostring(tp) .. " address")
+    return (u:gsub("^(sips?:)[^@]*@", "%1" .. user .. "@"))
+end
+
+
+--- Scheduler counters (tasks, waiting, endpoints).
+h.stats = sched.stats
+
+--- A UDP/TCP port that was free a moment ago (bound by luasip, then closed).
+function h.free_port()
+    local ep = assert(sip.endpoint { listen = { "udp:127.0.0.1:0" } })
+    local port = ep:addresses()[1].port
+    ep:close()
+    return port
+end
+
+
+--- Start a shell command in the background; returns its PID.
+-- Output goes to `log`. The caller stops it with h.kill(pid).
+function h.spawn_process(cmd, log)
+    local f = assert(io.popen(("exec %s > %s 2>&1 < /dev/null & echo $!"):format(cmd, log or "/dev/null")))
+    local pid = tonumber(f:read("l"))
+    f:close()
+    return assert(pid, "could not start: " .. cmd)
+end
+
+
+--- True while process pid is alive (not yet reaped counts as dead).
+function h.alive(pid)
+    local f = io.open("/proc/" .. pid .. "/stat")
+    if not f then return false end
+    local st = f:read("l") or ""
+    f:close()
+    return not st:match("^%d+ %b() Z")
+end
+
+
+--- Wait (yielding the task) until pid exits or `seconds` pass.
+function h.wait_process(pid, seconds)
+    local dl = sip.now() + seconds
+    while h.alive(pid) do
+        if sip.now() > dl then return false end
+        sip.sleep(0.05)
+    end
+    return true
+end
+
+
+--- Stop a process this spec started (by PID only).
+function h.kill(pid)
+    if pid and h.alive(pid) then os.execute("kill " .. pid .. " 2>/dev/null") end
+end
+
+
+--- Read a whole file (or nil).
+function h.readfile(path)
+    local f = io.open(path, "rb")
+    if not f then return nil end
+    local s = f:read("a")
+    f:close()
+    return s
+end
+
+
+--- Parse the last line of a sipp -trace_stat CSV into a table.
+function h.sipp_stats(path)
+    local s = h.readfile(path)
+    if not s then return nil end
+    local lines = {}
+    for l in s:gmatch("[^\n]+") do lines[#lines + 1] = l end
+    if #lines < 2 then return nil end
+    local names, vals, t = {}, {}, {}
+    for v in lines[1]:gmatch("([^;]*);") do names[#names + 1] = v end
+    for v in lines[#lines]:gmatch("([^;]*);") do vals[#vals + 1] = v end
+    for i, n in ipairs(names) do t[n] = tonumber(vals[i]) or vals[i] end
+    return t
+end
+
+
+return h
