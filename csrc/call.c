@@ -43,6 +43,7 @@ struct lsip_call {
 	uint64_t t_start, t_answer, t_end;
 	enum call_state state;
 	uint16_t status;             /* last final/provisional status */
+	int err;                     /* errno when cause is "error" */
 	int self;                    /* pin until closed */
 	bool outgoing;
 };
@@ -180,7 +181,13 @@ static void info_handler(struct sip *sip, const struct sip_msg *msg,
 	if (!lsip_push_ref(L, call->self))
 		return;
 
+	/* the whole media type, as message.c's content_type */
 	lsip_pushpl(L, &msg->ctyp.type);
+	if (pl_isset(&msg->ctyp.subtype)) {
+		lua_pushliteral(L, "/");
+		lsip_pushpl(L, &msg->ctyp.subtype);
+		lua_concat(L, 3);
+	}
 	lua_pushlstring(L, (const char *)mbuf_buf(msg->mb),
 			mbuf_get_left(msg->mb));
 	lsip_emit(L, "info", 3);
@@ -209,6 +216,7 @@ static void close_handler(int err, const struct sip_msg *msg, void *arg)
 	}
 	else if (err) {
 		cause = "error";
+		call->err = err;
 		re_snprintf(call->reason, sizeof(call->reason), "%m", err);
 	}
 	else {
@@ -672,6 +680,10 @@ static int l_call_getfield(lua_State *L)
 	}
 	if (!strcmp(key, "reason")) {
 		lua_pushstring(L, call->reason);
+		return 1;
+	}
+	if (!strcmp(key, "errno")) {
+		lua_pushinteger(L, call->err);
 		return 1;
 	}
 	if (!strcmp(key, "direction")) {

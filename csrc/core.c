@@ -8,6 +8,9 @@
  */
 
 #include "lsip.h"
+#define DEBUG_MODULE "luasip"
+#define DEBUG_LEVEL 0
+#include <re_dbg.h>
 
 
 static const struct {
@@ -32,7 +35,10 @@ static int l_sentinel_gc(lua_State *L)
 	(void)L;
 
 	if (inited) {
+		/* sockets libre still holds at exit are not news */
+		dbg_init(DBG_ERR, DBG_NONE);
 		libre_close();
+		(void)lsip_tmr_close();
 		inited = false;
 	}
 

@@ -78,6 +78,7 @@ void lsip_call_incoming(struct lsip_ep *ep, const struct sip_msg *msg);
 
 /* tmr.c: libre's timer API as a binary heap */
 uint32_t lsip_tmr_count(void);
+int lsip_tmr_close(void);
 
 /* one open function per part, called by core.c with the module on top */
 int lsip_open_util(lua_State *L);

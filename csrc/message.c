@@ -221,14 +221,19 @@ static void push_via(lua_State *L, const struct sip_via *via)
 }
 
 
-/* array of parsed Contact headers {display, uri, params, expires, q} */
+/*
+ * array of parsed Contact values {display, uri, params, expires, q}; one
+ * entry per value, also for "Contact: <a>, <b>" (libre files the split
+ * values in the header hash, msg->hdrl only holds whole lines)
+ */
 static int push_contacts(lua_State *L, const struct sip_msg *msg)
 {
 	struct le *le;
 	int n = 0;
 
 	lua_newtable(L);
-	for (le = list_head(&msg->hdrl); le; le = le->next) {
+	le = list_head(hash_list(msg->hdrht, SIP_HDR_CONTACT));
+	for (; le; le = le->next) {
 		const struct sip_hdr *hdr = le->data;
 		struct sip_addr addr;
 		struct pl v;

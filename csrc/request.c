@@ -246,7 +246,32 @@ static void resp_handler(int err, const struct sip_msg *msg, void *arg)
 
 
 /*
- * core.send_request(ep, method, uri, from, to, headers, body, contact)
+ * From and To are printed as "<%s>": a value must be one SIP URI, with
+ * no CR/LF/NUL (header injection) and no angle brackets
+ */
+static const char *check_addr(lua_State *L, int idx, const char *field)
+{
+	const char *s;
+	struct uri u;
+	struct pl pl;
+	size_t n;
+
+	if (lua_isnoneornil(L, idx))
+		return NULL;
+
+	s = luaL_checklstring(L, idx, &n);
+	pl_set_str(&pl, s);
+	if (strlen(s) != n || strpbrk(s, "\r\n<>") ||
+	    uri_decode(&u, &pl) || !pl_isset(&u.host))
+		luaL_error(L, "luasip.request: %s: SIP URI expected, got "
+			   "\"%s\"", field, s);
+
+	return s;
+}
+
+
+/*
+ * core.send_request(ep, method, uri, from, to, headers, body)
  *   -> creq | nil, err, code
  */
 static int l_send_request(lua_State *L)
@@ -254,8 +279,8 @@ static int l_send_request(lua_State *L)
 	struct lsip_ep *ep = lsip_ep_check(L, 1);
 	const char *method = luaL_checkstring(L, 2);
 	const char *uri = luaL_checkstring(L, 3);
-	const char *from = luaL_optstring(L, 4, NULL);
-	const char *to = luaL_optstring(L, 5, NULL);
+	const char *from = check_addr(L, 4, "from");
+	const char *to = check_addr(L, 5, "to");
 	struct mbuf *hdrs = NULL, *body = NULL;
 	struct lsip_creq *creq;
 	char *dfrom = NULL;

@@ -11,6 +11,7 @@
 
 #include "lsip.h"
 #include <openssl/ssl.h>
+#include <openssl/err.h>
 
 
 enum {
@@ -30,6 +31,7 @@ struct lsip_laddr {
 
 struct lsip_ep {
 	struct sip *sip;
+	struct dnsc *dnsc;
 	struct sipsess_sock *sock;
 	struct sip_lsnr *lsnr;
 	struct tls *tls;
@@ -51,6 +53,7 @@ static void ep_destructor(void *arg)
 	if (ep->sip)
 		sip_close(ep->sip, false);
 	mem_deref(ep->sip);
+	mem_deref(ep->dnsc);
 	mem_deref(ep->tls);
 	mem_deref(ep->user);
 	mem_deref(ep->from);
@@ -223,6 +226,12 @@ static void conn_handler(const struct sip_msg *msg, void *arg)
 {
 	struct lsip_ep *ep = arg;
 
+	if (ep->closed) {
+		(void)sip_treply(NULL, ep->sip, msg, 503,
+				 "Service Unavailable");
+		return;
+	}
+
 	lsip_call_incoming(ep, msg);
 }
 
@@ -310,14 +319,19 @@ static int setup_tls(lua_State *L, struct lsip_ep *ep, int opt)
 		return luaL_error(L, "luasip.endpoint: tls.cert: PEM file "
 				  "expected, got nil");
 
-	err = tls_alloc(&ep->tls, TLS_METHOD_SSLV23, key ? key : cert, NULL);
+	/* libre's tls_alloc() wants cert and key in one file */
+	err = tls_alloc(&ep->tls, TLS_METHOD_SSLV23, NULL, NULL);
 	if (err) {
 		lua_pop(L, 1);
 		return err;
 	}
 
 	ctx = tls_openssl_context(ep->tls);
-	if (key && SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
+	if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1 ||
+	    SSL_CTX_use_PrivateKey_file(ctx, key ? key : cert,
+					SSL_FILETYPE_PEM) != 1 ||
+	    SSL_CTX_check_private_key(ctx) != 1) {
+		ERR_clear_error();
 		lua_pop(L, 1);
 		return EINVAL;
 	}
@@ -389,6 +403,53 @@ static int add_transport(lua_State *L, struct lsip_ep *ep, int opt,
 }
 
 
+/*
+ * dns = nil (the system's resolvers), false (none: host names fail), or
+ * { "ip:port", ... }. libre needs a DNS client for host names in URIs and
+ * for its WebSocket client.
+ */
+static int setup_dns(lua_State *L, struct lsip_ep *ep, int opt)
+{
+	struct sa srvv[8];
+	uint32_t srvc = 0, i;
+	char domain[64];
+	int err = 0;
+
+	lua_getfield(L, opt, "dns");
+	if (lua_isnil(L, -1)) {
+		srvc = sizeof(srvv) / sizeof(srvv[0]);
+		if (dns_srv_get(domain, sizeof(domain), srvv, &srvc))
+			srvc = 0;
+	}
+	else if (lua_istable(L, -1)) {
+		lua_Integer n = luaL_len(L, -1);
+
+		for (i = 1; i <= n && srvc < 8; i++) {
+			const char *s;
+
+			lua_geti(L, -1, i);
+			s = lua_tostring(L, -1);
+			if (!s || sa_decode(&srvv[srvc], s, strlen(s)))
+				return luaL_error(L, "luasip.endpoint: dns[%d]: "
+						  "\"ip:port\" expected, got "
+						  "%s", (int)i,
+						  s ? s : luaL_typename(L, -1));
+			++srvc;
+			lua_pop(L, 1);
+		}
+	}
+	else if (lua_toboolean(L, -1)) {
+		return luaL_error(L, "luasip.endpoint: dns: false or list of "
+				  "\"ip:port\" expected, got %s",
+				  luaL_typename(L, -1));
+	}
+	lua_pop(L, 1);
+
+	err = dnsc_alloc(&ep->dnsc, NULL, srvv, srvc);
+	return err;
+}
+
+
 /* core.endpoint(opts) -> ep | nil, err, code */
 static int l_endpoint_new(lua_State *L)
 {
@@ -437,7 +498,11 @@ static int l_endpoint_new(lua_State *L)
 	if (err)
 		goto out;
 
-	err = sip_alloc(&ep->sip, NULL, CTRANS_HASH, STRANS_HASH, TCONN_HASH,
+	err = setup_dns(L, ep, opt);
+	if (err)
+		goto out;
+
+	err = sip_alloc(&ep->sip, ep->dnsc, CTRANS_HASH, STRANS_HASH, TCONN_HASH,
 			ua ? ua : LSIP_NAME "/" LSIP_VERSION, NULL, NULL);
 	if (err)
 		goto out;
@@ -483,11 +548,16 @@ static int l_ep_close(lua_State *L)
 
 	if (ep && !ep->closed) {
 		ep->closed = true;
-		sipsess_close_all(ep->sock);
+		/*
+		 * No sipsess_close_all(): calls own their sessions and would
+		 * free them a second time. No sip_transp_flush(): this often
+		 * runs inside libre's TCP receive handler, and a connection
+		 * that a transaction still references would be freed twice.
+		 * The stack and its ports go when the last user is gone.
+		 */
 		ep->sock = mem_deref(ep->sock);
 		ep->lsnr = mem_deref(ep->lsnr);
 		sip_close(ep->sip, false);
-		sip_transp_flush(ep->sip);  /* release the ports now */
 		lsip_unpin(L, &ep->self);
 	}
 
@@ -530,11 +600,10 @@ static int l_ep_addresses(lua_State *L)
 		lua_setfield(L, -2, "host");
 		lua_pushinteger(L, sa_port(&la->sa));
 		lua_setfield(L, -2, "port");
+		/* libre 1.1.0 cannot route to sips: URIs (ENOSYS), so TLS
+		 * is sip:...;transport=tls */
 		if (la->tp == SIP_TRANSP_UDP)
 			re_snprintf(buf, sizeof(buf), "sip:%s@%J", ep->user,
-				    &la->sa);
-		else if (la->tp == SIP_TRANSP_TLS)
-			re_snprintf(buf, sizeof(buf), "sips:%s@%J", ep->user,
 				    &la->sa);
 		else
 			re_snprintf(buf, sizeof(buf),

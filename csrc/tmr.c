@@ -68,6 +68,7 @@ struct theap {
 extern struct list *tmrl_get(void);
 
 uint32_t lsip_tmr_count(void);
+int lsip_tmr_close(void);
 
 
 static struct theap *heap_get(struct list *tmrl, bool create)
@@ -464,4 +465,26 @@ uint32_t lsip_tmr_count(void)
 	const struct theap *h = heap_get(tmrl_get(), false);
 
 	return h ? (uint32_t)h->n : 0;
+}
+
+
+/**
+ * Free the calling context's heap if no timer runs (at module unload)
+ *
+ * @return 0 if freed or absent, EBUSY if timers still run
+ */
+int lsip_tmr_close(void)
+{
+	struct list *tmrl = tmrl_get();
+	struct theap *h = heap_get(tmrl, false);
+
+	if (!h)
+		return 0;
+	if (h->n)
+		return EBUSY;
+
+	free(h->v);
+	free(h);
+	tmrl->tail = NULL;
+	return 0;
 }

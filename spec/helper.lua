@@ -66,12 +66,14 @@ end
 --- Scheduler counters (tasks, waiting, endpoints).
 h.stats = sched.stats
 
---- A UDP/TCP port that was free a moment ago (bound by luasip, then closed).
+--- A UDP port (on 127.0.0.1) that was free a moment ago.
 function h.free_port()
-    local ep = assert(sip.endpoint { listen = { "udp:127.0.0.1:0" } })
-    local port = ep:addresses()[1].port
-    ep:close()
-    return port
+    local socket = require "socket"
+    local u = assert(socket.udp())
+    assert(u:setsockname("127.0.0.1", 0))
+    local _, port = u:getsockname()
+    u:close()
+    return assert(tonumber(port))
 end
 
 

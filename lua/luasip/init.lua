@@ -245,7 +245,9 @@ end
 -- @tparam table opts `method`, `uri`, `from`, `to`, `headers`, `body`,
 --   `timeout` (seconds, default 32)
 -- @return response (fields status, reason, headers, body, `:header(name)`),
---   or nil, message, code (code = SIP status >= 300 or errno)
+--   or nil, message, code (code = SIP status >= 300 or errno); after a
+--   final failure response the response is the 4th value:
+--   nil, "405 Method Not Allowed", 405, response
 function EP.request(ep, opts)
     if type(opts) ~= "table" then argerror("request", 1, "table", type(opts)) end
     local method, uri = opts.method, opts.uri
@@ -274,6 +276,10 @@ function EP.request(ep, opts)
     end
     local ok, rerr, rcode = creq:result()
     if not ok then return nil, rerr, rcode end
+    local status = creq.status
+    if status >= 300 then    -- the response rides along (Allow, Warning)
+        return nil, status .. " " .. (creq.reason or ""), status, creq
+    end
     return creq
 end
 
@@ -317,6 +323,9 @@ local function closed_result(call)
         return nil, "timeout", ETIMEDOUT
     elseif cause == "hangup" then
         return nil, "hangup", core.ECONNRESET
+    elseif cause == "error" and call.errno > 0 then
+        -- transport failure (TLS handshake, connection refused, ...)
+        return nil, "call: " .. call.reason, call.errno
     end
     return nil, cause or "closed", core.ENOTCONN
 end

@@ -1,0 +1,384 @@
+-- spec/malformed_spec.lua: raw bytes from a LuaSocket client (Debian
+-- lua-socket) to an endpoint over UDP and TCP; what comes back on the wire,
+-- and that the endpoint still serves a luasip peer afterwards.
+--
+-- Sockets are non-blocking and polled with luasip.sleep, so the loop runs
+-- while the raw client waits. libre's parser silently drops what it cannot
+-- parse (start line, version other than SIP/2.0): those cases expect no
+-- reply. Requests that parse but lack what RFC 3261 8.1.1 requires get 400
+-- with a reason naming the problem, where a response can be routed.
+local h = require "spec.helper"
+local sip = h.sip
+
+local has_socket, socket = pcall(require, "socket")
+
+local DROP_WAIT = 0.5        -- seconds of silence that count as a drop
+local REPLY_WAIT = 2         -- at most this long for an expected reply
+
+local seq = 0
+
+
+-- a request with unique branch, tag and Call-ID; t overrides a header
+-- (false removes it), t.start the start line, t.body, t.clen
+local function req(tp, t)
+    t = t or {}
+    seq = seq + 1
+    local method = t.method or "OPTIONS"
+    local hdrs = {
+        { "Via", ("SIP/2.0/%s 127.0.0.1:9;branch=z9hG4bKraw%d.%d;rport"):format(
+            tp:upper(), seq, os.time()) },
+        { "Max-Forwards", "70" },
+        { "From", ("<sip:raw@127.0.0.1>;tag=raw%d"):format(seq) },
+        { "To", "<sip:bob@127.0.0.1>" },
+        { "Call-ID", ("raw%d.%d@127.0.0.1"):format(seq, os.time()) },
+        { "CSeq", "1 " .. method },
+    }
+    local lines = { t.start or (method .. " sip:bob@127.0.0.1 SIP/2.0") }
+    for _, hd in ipairs(hdrs) do
+        local v = t[hd[1]]
+        if v == nil then v = hd[2] end
+        if v then lines[#lines + 1] = hd[1] .. ": " .. v end
+    end
+    local body = t.body or ""
+    if t.clen ~= false then
+        lines[#lines + 1] = "Content-Length: " .. (t.clen or #body)
+    end
+    return table.concat(lines, "\r\n") .. "\r\n\r\n" .. body
+end
+
+
+local function addr(ep, tp)
+    for _, a in ipairs(ep:addresses()) do
+        if a.transport == tp then return a end
+    end
+    error("no " .. tp .. " address")
+end
+
+
+-- send bytes in one datagram; collect datagrams until the first one
+-- (want_reply) or for DROP_WAIT seconds
+local function udp_send(ep, bytes, want_reply)
+    local a = addr(ep, "udp")
+    local u = assert(socket.udp())
+    assert(u:setpeername(a.host, a.port))
+    u:settimeout(0)
+    assert(u:send(bytes))
+    local got = {}
+    local dl = sip.now() + (want_reply and REPLY_WAIT or DROP_WAIT)
+    while sip.now() < dl do
+        local d = u:receive()
+        if d then
+            got[#got + 1] = d
+            if want_reply then break end
+        else
+            sip.sleep(0.01)
+        end
+    end
+    u:close()
+    return got
+end
+
+
+-- connect, send each chunk of bytes; read until a full response arrives
+-- (want_reply), the peer closes, or DROP_WAIT passes; opts.close closes
+-- our side right after sending. Returns received text, peer closed?
+local function tcp_send(ep, chunks, want_reply, opts)
+    opts = opts or {}
+    local a = addr(ep, "tcp")
+    local t = assert(socket.tcp())
+    t:settimeout(1)                      -- loopback connect completes at once
+    assert(t:connect(a.host, a.port))
+    t:settimeout(0)
+    if type(chunks) == "string" then chunks = { chunks } end
+    for i, c in ipairs(chunks) do
+        assert(t:send(c))
+        if i < #chunks then sip.sleep(0.05) end
+    end
+    if opts.close then t:close(); return "", false end
+    local buf, closed = "", false
+    local dl = sip.now() + (want_reply and REPLY_WAIT or DROP_WAIT)
+    while sip.now() < dl do
+        local d, err, part = t:receive(4096)
+        d = d or part
+        if d and #d > 0 then buf = buf .. d end
+        if err == "closed" then closed = true; break end
+        if want_reply and buf:find("\r\n\r\n", 1, true) then break end
+        sip.sleep(0.01)
+    end
+    if opts.keep then return buf, closed, t end
+    t:close()
+    return buf, closed
+end
+
+
+local function status_line(msg)
+    return msg and msg:match("^[^\r\n]*")
+end
+
+
+-- the endpoint still answers an OPTIONS from a luasip peer over tp
+local function assert_serves(peer, ep, tp)
+    local res, err, code = peer:request { method = "OPTIONS", uri = h.uri(ep, "bob", tp), timeout = 2 }
+    assert.is_truthy(res, ("OPTIONS over %s after the bad message: %s %s"):format(
+        tp, tostring(err), tostring(code)))
+    assert.equal(200, res.status)
+end
+
+
+-- one scenario: endpoint b (udp+tcp) with counting handlers, peer a
+local function scenario(fn)
+    h.run(function()
+        local b = h.endpoint { transports = { "udp", "tcp" }, user = "bob" }
+        local a = h.endpoint { transports = { "udp", "tcp" }, user = "alice" }
+        local seen = { OPTIONS = 0, INVITE = 0 }
+        b:on("OPTIONS", function(r)
+            seen.OPTIONS = seen.OPTIONS + 1
+            seen.max_forwards = r.max_forwards
+            r:reply(200)
+        end)
+        b:on("INVITE", function(call)
+            seen.INVITE = seen.INVITE + 1
+            call:reject(486)
+        end)
+        fn(a, b, seen)
+        -- let the last transactions finish and free their objects before
+        -- h.run closes the endpoints (see call_spec.lua "teardown")
+        sip.sleep(0.05)
+        collectgarbage()
+        collectgarbage()
+    end, 15)
+end
+
+
+-- cases that are routable: the bytes, and the expected status line
+local BAD_REQUESTS = {
+    { "a missing Call-ID", { ["Call-ID"] = false }, "SIP/2.0 400 Missing Call-ID" },
+    { "a missing From", { From = false }, "SIP/2.0 400 Missing or Bad From" },
+    { "a missing To", { To = false }, "SIP/2.0 400 Missing or Bad To" },
+    { "a missing CSeq", { CSeq = false }, "SIP/2.0 400 Missing or Bad CSeq" },
+    { "a CSeq method mismatch", { CSeq = "1 INVITE" }, "SIP/2.0 400 CSeq Method Mismatch" },
+    { "a non-numeric Max-Forwards", { ["Max-Forwards"] = "abc" }, "SIP/2.0 400 Bad Max-Forwards" },
+    { "an INVITE without From", { method = "INVITE", From = false }, "SIP/2.0 400 Missing or Bad From" },
+}
+
+
+describe("malformed input", function()
+    before_each(function()
+        if not has_socket then
+            pending("needs LuaSocket (Debian lua-socket) for the raw client")
+        end
+    end)
+
+    for _, tp in ipairs { "udp", "tcp" } do
+        local send = tp == "udp"
+            and function(ep, bytes, want) local d = udp_send(ep, bytes, want); return d[1], #d end
+            or function(ep, bytes, want) local d = tcp_send(ep, bytes, want); return d ~= "" and d or nil, d ~= "" and 1 or 0 end
+
+        describe("over " .. tp, function()
+            for _, case in ipairs(BAD_REQUESTS) do
+                it("answers " .. case[3]:sub(9) .. " to " .. case[1] .. " and goes on serving", function()
+                    if not has_socket then return end
+                    scenario(function(a, b, seen)
+                        local reply = send(b, req(tp, case[2]), true)
+                        assert.equal(case[3], status_line(reply))
+                        -- the 400 is routed by the request's Via and
+                        -- carries its Call-ID and CSeq where present
+                        assert.matches("\r\nVia: SIP/2.0/" .. tp:upper(), reply, 1, true)
+                        if case[2].CSeq == nil then
+                            assert.matches("\r\nCSeq: 1 ", reply, 1, true)
+                        end
+                        assert.same({ OPTIONS = 0, INVITE = 0 }, { OPTIONS = seen.OPTIONS, INVITE = seen.INVITE })
+                        assert_serves(a, b, tp)
+                        assert.equal(1, seen.OPTIONS)
+                    end)
+                end)
+            end
+
+            it("drops garbage bytes without a reply", function()
+                if not has_socket then return end
+                scenario(function(a, b)
+                    local reply = send(b, "\1\2\3 garbage \255\254\r\n\r\n", false)
+                    assert.is_nil(reply)
+                    assert_serves(a, b, tp)
+                end)
+            end)
+
+            it("drops a request with an unparsable start line", function()
+                if not has_socket then return end
+                scenario(function(a, b, seen)
+                    local reply = send(b, req(tp, { start = "HELLO" }), false)
+                    assert.is_nil(reply)
+                    reply = send(b, req(tp, { start = "OPTIONS sip:bob@127.0.0.1 SIP/3.0" }), false)
+                    assert.is_nil(reply)
+                    assert.equal(0, seen.OPTIONS)
+                    assert_serves(a, b, tp)
+                end)
+            end)
+
+            it("drops a request whose From libre cannot parse", function()
+                if not has_socket then return end
+                scenario(function(a, b, seen)
+                    local reply = send(b, req(tp, { From = "no uri here" }), false)
+                    assert.is_nil(reply)
+                    assert.equal(0, seen.OPTIONS)
+                    assert_serves(a, b, tp)
+                end)
+            end)
+
+            if tp == "udp" then
+                it("drops a request without Via: no address to answer to", function()
+                    if not has_socket then return end
+                    scenario(function(a, b, seen)
+                        local reply = send(b, req(tp, { Via = false }), false)
+                        assert.is_nil(reply)
+                        assert.equal(0, seen.OPTIONS)
+                        assert_serves(a, b, tp)
+                    end)
+                end)
+            else
+                it("answers 400 Missing Via to a request without Via over its connection", function()
+                    if not has_socket then return end
+                    scenario(function(a, b, seen)
+                        local reply = send(b, req(tp, { Via = false }), true)
+                        assert.equal("SIP/2.0 400 Missing Via", status_line(reply))
+                        assert.equal(0, seen.OPTIONS)
+                        assert_serves(a, b, tp)
+                    end)
+                end)
+            end
+
+            it("never answers a malformed ACK", function()
+                if not has_socket then return end
+                scenario(function(a, b)
+                    local reply = send(b, req(tp, { method = "ACK", From = false }), false)
+                    assert.is_nil(reply)
+                    assert_serves(a, b, tp)
+                end)
+            end)
+
+            it("passes a request with Max-Forwards 0 to its handler", function()
+                if not has_socket then return end
+                scenario(function(_, b, seen)
+                    local reply = send(b, req(tp, { ["Max-Forwards"] = "0" }), true)
+                    assert.equal("SIP/2.0 200 OK", status_line(reply))
+                    assert.equal(1, seen.OPTIONS)
+                    assert.equal(0, seen.max_forwards)
+                end)
+            end)
+
+            it("answers a well-formed raw request with 200", function()
+                if not has_socket then return end
+                scenario(function(_, b, seen)
+                    local reply = send(b, req(tp), true)
+                    assert.equal("SIP/2.0 200 OK", status_line(reply))
+                    assert.equal(1, seen.OPTIONS)
+                end)
+            end)
+        end)
+    end
+
+    describe("over udp", function()
+        it("answers 400 Bad Content-Length when the body is shorter than Content-Length", function()
+            if not has_socket then return end
+            scenario(function(a, b, seen)
+                local got = udp_send(b, req("udp", { clen = 100, body = "short" }), true)
+                assert.equal("SIP/2.0 400 Bad Content-Length", status_line(got[1]))
+                assert.equal(0, seen.OPTIONS)
+                assert_serves(a, b, "udp")
+            end)
+        end)
+    end)
+
+    describe("over tcp", function()
+        it("waits for the rest of a body shorter than Content-Length, then answers", function()
+            if not has_socket then return end
+            scenario(function(_, b, seen)
+                local msg = req("tcp", { clen = 10, body = "0123456789" })
+                local cut = #msg - 4
+                local reply = tcp_send(b, { msg:sub(1, cut), msg:sub(cut + 1) }, true)
+                assert.equal("SIP/2.0 200 OK", status_line(reply))
+                assert.equal(1, seen.OPTIONS)
+            end)
+        end)
+
+        it("drops a stream truncated mid-message and closed, and goes on serving", function()
+            if not has_socket then return end
+            scenario(function(a, b, seen)
+                local msg = req("tcp", { clen = 100, body = "short" })
+                tcp_send(b, msg, false, { close = true })
+                tcp_send(b, msg:sub(1, 40), false, { close = true })   -- mid start line
+                sip.sleep(0.2)
+                assert.equal(0, seen.OPTIONS)
+                assert_serves(a, b, "tcp")
+                -- and a raw client on a new connection
+                local reply = tcp_send(b, req("tcp"), true)
+                assert.equal("SIP/2.0 200 OK", status_line(reply))
+            end)
+        end)
+
+        it("closes the connection on a message without Content-Length", function()
+            if not has_socket then return end
+            scenario(function(a, b, seen)
+                local reply, closed = tcp_send(b, req("tcp", { clen = false }), false)
+                assert.equal("", reply)
+                assert.is_true(closed)
+                assert.equal(0, seen.OPTIONS)
+                assert_serves(a, b, "tcp")
+            end)
+        end)
+
+        it("closes the connection on an unparsable message; a new connection works", function()
+            if not has_socket then return end
+            scenario(function(_, b, seen)
+                local reply, closed = tcp_send(b, req("tcp", { start = "OPTIONS sip:bob@127.0.0.1 SIP/3.0" }), false)
+                assert.equal("", reply)
+                assert.is_true(closed)
+                reply = tcp_send(b, req("tcp"), true)
+                assert.equal("SIP/2.0 200 OK", status_line(reply))
+                assert.equal(1, seen.OPTIONS)
+            end)
+        end)
+
+        it("keeps the connection after a 400 and answers the next request on it", function()
+            if not has_socket then return end
+            scenario(function(_, b, seen)
+                local reply, closed, t = tcp_send(b, req("tcp", { ["Call-ID"] = false }), true, { keep = true })
+                assert.equal("SIP/2.0 400 Missing Call-ID", status_line(reply))
+                assert.is_false(closed)
+                assert(t:send(req("tcp")))
+                local buf, dl = "", sip.now() + REPLY_WAIT
+                while sip.now() < dl and not buf:find("\r\n\r\n", 1, true) do
+                    local d, _, part = t:receive(4096)
+                    buf = buf .. (d or part or "")
+                    sip.sleep(0.01)
+                end
+                t:close()
+                assert.equal("SIP/2.0 200 OK", status_line(buf))
+                assert.equal(1, seen.OPTIONS)
+            end)
+        end)
+
+        it("answers 400 to a bad message and 200 to a good one sent in one segment", function()
+            if not has_socket then return end
+            scenario(function(_, b, seen)
+                local bytes = req("tcp", { To = false }) .. req("tcp")
+                local t = assert(socket.tcp())
+                local a = addr(b, "tcp")
+                t:settimeout(1)
+                assert(t:connect(a.host, a.port))
+                t:settimeout(0)
+                assert(t:send(bytes))
+                local buf, dl = "", sip.now() + REPLY_WAIT
+                while sip.now() < dl and not buf:find("200 OK", 1, true) do
+                    local d, _, part = t:receive(4096)
+                    buf = buf .. (d or part or "")
+                    sip.sleep(0.01)
+                end
+                t:close()
+                assert.equal("SIP/2.0 400 Missing or Bad To", status_line(buf))
+                assert.matches("\r\n\r\nSIP/2.0 200 OK\r\n", buf, 1, true)
+                assert.equal(1, seen.OPTIONS)
+            end)
+        end)
+    end)
+end)
