@@ -23,6 +23,11 @@
 # symbol that libre.a and librem.a use (tmr_init, tmr_start, tmr_cancel,
 # tmr_get_expire, tmr_jiffies, tmr_poll, tmr_next_timeout); calling
 # tmr_debug or tmr_status would pull tmr.o and fail with duplicates.
+# csrc/auth.c replaces libre's sip/auth.o the same way (sip_auth_alloc,
+# sip_auth_authenticate, sip_auth_encode, sip_auth_reset) to add SHA-256
+# digest; check with -Wl,-Map that neither member is pulled in.
+# -Wl,--wrap=sip_dialog_update: csrc/proxy.c stops sipsess from following
+# a 3xx to its first Contact by itself (ep:call's follow_redirects does).
 # librem is static too: librem.so would drag in a second, dynamic libre.
 # --exclude-libs,ALL keeps libre's symbols out of core.so's dynamic table,
 # so another libre in the process cannot interpose or clash.
@@ -85,7 +90,7 @@ $(BUILD)/obj/%.o: csrc/%.c $(HDRS) Makefile
 $(CORE): $(OBJS) $(STATIC_LIBS)
 	@mkdir -p $(@D)
 	$(CC) -shared $(LIBFLAG) $(LDFLAGS) -o $@ $(OBJS) $(STATIC_LIBS) \
-		$(LIBS) -Wl,--exclude-libs,ALL
+		$(LIBS) -Wl,--exclude-libs,ALL -Wl,--wrap=sip_dialog_update
 
 $(STATIC_LIBS):
 	@echo "$@ not found: run 'sh .ci/deps' (libre-dev, librem-dev)" >&2

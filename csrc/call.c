@@ -563,8 +563,9 @@ static int l_call_info(lua_State *L)
 
 
 /*
- * core.call(ep, uri, from, display, headers, body, ctype)
+ * core.call(ep, uri, from, display, headers, body, ctype, auth)
  *   -> call | nil, err, code
+ * auth: credentials for 401/407 (see lsip_creds_alloc in auth.c)
  */
 static int l_call_new(lua_State *L)
 {
@@ -574,30 +575,40 @@ static int l_call_new(lua_State *L)
 	const char *display = luaL_optstring(L, 4, NULL);
 	const char *ctype = luaL_optstring(L, 7, "application/sdp");
 	struct mbuf *hdrs = NULL, *body = NULL;
-	struct lsip_call *call;
+	struct lsip_creds *creds = NULL;
+	struct lsip_call *call = NULL;
 	char *dfrom = NULL;
 	struct uri u;
 	struct pl pl;
 	int err;
 
+	/* every string below is printed into the INVITE: no CR/LF/<> */
 	pl_set_str(&pl, uri);
-	if (uri_decode(&u, &pl) || !pl_isset(&u.host) ||
+	if (strpbrk(uri, "\r\n<> ") ||
+	    uri_decode(&u, &pl) || !pl_isset(&u.host) ||
 	    (pl_strcasecmp(&u.scheme, "sip") &&
 	     pl_strcasecmp(&u.scheme, "sips")))
 		return luaL_error(L, "bad argument #1 to 'call' (SIP URI "
 				  "expected, got \"%s\")", uri);
 	if (from) {
 		pl_set_str(&pl, from);
-		if (uri_decode(&u, &pl) || !pl_isset(&u.host))
+		if (strpbrk(from, "\r\n<> ") ||
+		    uri_decode(&u, &pl) || !pl_isset(&u.host))
 			return luaL_error(L, "bad option 'from' (SIP URI "
 					  "expected, got \"%s\")", from);
 	}
 	if (display && strpbrk(display, "\r\n\""))
 		return luaL_error(L, "bad option 'display' (no quotes or "
 				  "CR/LF allowed)");
+	if (strpbrk(ctype, "\r\n;") || !strchr(ctype, '/'))
+		return luaL_error(L, "bad option 'content_type' (media type "
+				  "expected, got \"%s\")", ctype);
 
 	lsip_headers(&hdrs, L, 5, "call");
 	lsip_body(&body, L, 6, "call");
+	err = lsip_creds_alloc(&creds, L, 8, "call");
+	if (err)
+		goto out;
 
 	call = mem_zalloc(sizeof(*call), call_destructor);
 	if (!call) {
@@ -621,13 +632,15 @@ static int l_call_new(lua_State *L)
 
 	err = sipsess_connect(&call->sess, lsip_ep_sock(ep), uri, display,
 			      from, lsip_ep_user(ep), NULL, 0, ctype, body,
-			      NULL, NULL, false, offer_handler,
+			      creds ? lsip_auth_handler : NULL, creds, true,
+			      offer_handler,
 			      answer_handler, progress_handler, estab_handler,
 			      info_handler, NULL, close_handler, call,
 			      "%s%b", allow_hdr,
 			      hdrs ? hdrs->buf : NULL, hdrs ? hdrs->end : 0);
 
  out:
+	mem_deref(creds);    /* sipsess's sip_auth holds its own ref */
 	mem_deref(dfrom);
 	mem_deref(hdrs);
 	mem_deref(body);

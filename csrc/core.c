@@ -8,6 +8,8 @@
  */
 
 #include "lsip.h"
+#include <fcntl.h>
+#include <unistd.h>
 #define DEBUG_MODULE "luasip"
 #define DEBUG_LEVEL 0
 #include <re_dbg.h>
@@ -23,6 +25,9 @@ static const struct {
 	{"stack", lsip_open_stack},
 	{"request", lsip_open_request},
 	{"call", lsip_open_call},
+	{"proxy", lsip_open_proxy},
+	{"auth", lsip_open_auth},
+	{"reg", lsip_open_reg},
 };
 
 
@@ -34,10 +39,24 @@ static int l_sentinel_gc(lua_State *L)
 {
 	(void)L;
 
+	int fd, null;
+
 	if (inited) {
-		/* sockets libre still holds at exit are not news */
+		/* libre lists the sockets it still holds at exit on stderr
+		 * ("fd N in use"): not news at lua_close, so mute it */
 		dbg_init(DBG_ERR, DBG_NONE);
+		fflush(stderr);
+		fd = dup(STDERR_FILENO);
+		null = open("/dev/null", O_WRONLY);
+		if (fd >= 0 && null >= 0)
+			(void)dup2(null, STDERR_FILENO);
 		libre_close();
+		if (fd >= 0 && null >= 0)
+			(void)dup2(fd, STDERR_FILENO);
+		if (fd >= 0)
+			(void)close(fd);
+		if (null >= 0)
+			(void)close(null);
 		(void)lsip_tmr_close();
 		inited = false;
 	}

@@ -12,10 +12,14 @@
 #include "lsip.h"
 #include <time.h>
 #include <signal.h>
+#include <malloc.h>
 
 
 /* libre's main.c: the calling thread's timer list (not in re's headers) */
 extern struct list *tmrl_get(void);
+
+
+enum { TRIM_INTERVAL = 5000, TRIM_MIN = 8 << 20 };
 
 
 struct lsip_timer {
@@ -188,6 +192,86 @@ static int l_timers(lua_State *L)
 }
 
 
+/*
+ * Heap trimming. A SIP server's memory is mostly transactions that
+ * linger 32 s after each call; glibc keeps the freed pages, so the RSS
+ * would stay at its peak. While there is traffic (and until the heap
+ * settles after it) a timer gives free pages back every few seconds.
+ */
+static struct {
+	struct tmr tmr;
+	uint64_t activity;     /* messages since the last tick */
+	size_t min_used;       /* lowest heap use seen (the idle level) */
+	size_t free_trimmed;   /* free bytes right after the last trim */
+	unsigned idle;         /* ticks without traffic, heap settled */
+} trim;
+
+
+static void trim_handler(void *arg)
+{
+	struct mallinfo2 mi = mallinfo2();
+	size_t used = mi.uordblks + mi.hblkhd;
+	bool rearm;
+	(void)arg;
+
+	if (!trim.min_used || used < trim.min_used)
+		trim.min_used = used;
+
+	/* tick while there is traffic or the heap has not settled, then
+	 * twice more: the last tick trims whatever is left */
+	if (trim.activity || used > trim.min_used + TRIM_MIN)
+		trim.idle = 0;
+	else
+		++trim.idle;
+	rearm = trim.idle < 2;
+
+	/* trim when much has been freed since the last time, and once
+	 * more when the heap has settled */
+	if (mi.fordblks > trim.free_trimmed + (rearm ? TRIM_MIN : 1 << 20)) {
+		(void)malloc_trim(0);
+		trim.free_trimmed = mi.fordblks;
+	}
+	else if (mi.fordblks < trim.free_trimmed) {
+		trim.free_trimmed = mi.fordblks;
+	}
+
+	if (rearm)
+		tmr_start(&trim.tmr, TRIM_INTERVAL, trim_handler, NULL);
+
+	trim.activity = 0;
+}
+
+
+/**
+ * Note SIP traffic; arms the heap-trim timer. Runs inside re_main.
+ */
+void lsip_mem_activity(void)
+{
+	++trim.activity;
+	trim.idle = 0;
+	if (!tmr_isrunning(&trim.tmr))
+		tmr_start(&trim.tmr, TRIM_INTERVAL, trim_handler, NULL);
+}
+
+
+/*
+ * core.memory(trim) -> bytes in use, bytes free in the heap, after an
+ * optional malloc_trim(0) that gives free pages back to the system
+ */
+static int l_memory(lua_State *L)
+{
+	struct mallinfo2 mi;
+
+	if (lua_toboolean(L, 1))
+		(void)malloc_trim(0);
+
+	mi = mallinfo2();
+	lua_pushinteger(L, (lua_Integer)(mi.uordblks + mi.hblkhd));
+	lua_pushinteger(L, (lua_Integer)mi.fordblks);
+	return 2;
+}
+
+
 /* core.jiffies() -> libre's millisecond clock */
 static int l_jiffies(lua_State *L)
 {
@@ -225,6 +309,7 @@ int lsip_open_loop(lua_State *L)
 		{"now", l_now},
 		{"timers", l_timers},
 		{"jiffies", l_jiffies},
+		{"memory", l_memory},
 		{NULL, NULL}
 	};
 

@@ -30,6 +30,8 @@
 #define LSIP_CREQ_MT   "luasip.client_request"
 #define LSIP_RESP_MT   "luasip.response"
 #define LSIP_CALL_MT   "luasip.call"
+#define LSIP_FWD_MT    "luasip.forward"
+#define LSIP_REG_MT    "luasip.reg"
 
 
 /* main thread; set once at open time, used by every libre handler */
@@ -71,10 +73,37 @@ const char *lsip_ep_user(const struct lsip_ep *ep);
 int  lsip_ep_from(struct lsip_ep *ep, char **fromp, const char *user);
 
 /* request.c */
+struct lsip_req;
 bool lsip_request_incoming(struct lsip_ep *ep, const struct sip_msg *msg);
+struct lsip_req *lsip_req_check(lua_State *L, int idx);
+const struct sip_msg *lsip_req_parts(struct lsip_req *req,
+				     struct lsip_ep **epp,
+				     struct sip_strans ***stp);
+void lsip_req_set_status(struct lsip_req *req, uint16_t status);
+void lsip_req_set_cancel(struct lsip_req *req, sip_cancel_h *cancelh,
+			 void *arg);
+
+/*
+ * auth.c: client credentials for libre's sip_auth (auth.c also replaces
+ * libre's sip/auth.c so MD5 and SHA-256 challenges are both answered).
+ * A credentials object is mem_zalloc'd and passed as aarg with aref=true.
+ */
+struct lsip_creds;
+int  lsip_creds_alloc(struct lsip_creds **credsp, lua_State *L, int idx,
+		      const char *fname);
+int  lsip_auth_handler(char **user, char **pass, const char *realm,
+		       void *arg);
 
 /* call.c */
 void lsip_call_incoming(struct lsip_ep *ep, const struct sip_msg *msg);
+
+/* proxy.c */
+bool lsip_proxy_incoming(struct lsip_ep *ep, const struct sip_msg *msg,
+			 bool proxy);
+bool lsip_proxy_response(struct lsip_ep *ep, const struct sip_msg *msg);
+
+/* loop.c */
+void lsip_mem_activity(void);
 
 /* tmr.c: libre's timer API as a binary heap */
 uint32_t lsip_tmr_count(void);
@@ -87,3 +116,6 @@ int lsip_open_message(lua_State *L);
 int lsip_open_stack(lua_State *L);
 int lsip_open_request(lua_State *L);
 int lsip_open_call(lua_State *L);
+int lsip_open_proxy(lua_State *L);
+int lsip_open_auth(lua_State *L);
+int lsip_open_reg(lua_State *L);

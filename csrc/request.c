@@ -19,7 +19,10 @@ struct lsip_req {
 	const struct sip_msg *msg;   /* first: shared message getters */
 	struct lsip_ep *ep;
 	struct sip_strans *st;
+	sip_cancel_h *cancelh;       /* set by the proxy, else 487 */
+	void *cancel_arg;
 	uint16_t status;             /* last status sent, 0 if none */
+	bool cancelled;              /* CANCEL received */
 };
 
 
@@ -27,11 +30,20 @@ struct lsip_creq {
 	const struct sip_msg *msg;   /* first: final response */
 	struct lsip_ep *ep;
 	struct sip_request *req;
+	struct sip_auth *auth;       /* digest state, NULL without creds */
+	struct mbuf *hdrs, *body;    /* kept to re-send after 401/407 */
+	char *met, *uri, *from, *to;
+	uint64_t tag, cid1, cid2;    /* From tag and Call-ID, kept too */
+	uint32_t cseq;
+	unsigned authc;              /* authenticated re-sends so far */
 	uint16_t provisional;        /* last 1xx status */
 	int self;                    /* pin while in flight */
 	int err;
 	bool done;
 };
+
+
+enum { AUTH_ROUNDS = 5 };  /* re-sends after 401/407, then give up */
 
 
 static void req_destructor(void *arg)
@@ -45,6 +57,26 @@ static void req_destructor(void *arg)
 	mem_deref(req->st);
 	mem_deref((void *)req->msg);
 	mem_deref(req->ep);
+}
+
+
+/* CANCEL matched our transaction: the proxy's handler, else 487 */
+static void cancel_handler(void *arg)
+{
+	struct lsip_req *req = arg;
+
+	req->cancelled = true;
+	if (req->cancelh) {
+		req->cancelh(req->cancel_arg);
+		return;
+	}
+
+	if (req->status < 200 && req->st &&
+	    !pl_strcmp(&req->msg->met, "INVITE")) {
+		(void)sip_treply(&req->st, lsip_ep_sip(req->ep), req->msg,
+				 487, "Request Terminated");
+		req->status = 487;
+	}
 }
 
 
@@ -73,7 +105,8 @@ bool lsip_request_incoming(struct lsip_ep *ep, const struct sip_msg *msg)
 
 	req->msg = mem_ref((void *)msg);
 	req->ep = mem_ref(ep);
-	err = sip_strans_alloc(&req->st, lsip_ep_sip(ep), msg, NULL, NULL);
+	err = sip_strans_alloc(&req->st, lsip_ep_sip(ep), msg,
+			       cancel_handler, req);
 	if (err || !lsip_push_ref(L, lsip_ep_ref(ep))) {
 		req->status = 503;
 		(void)sip_reply(lsip_ep_sip(ep), msg, 503,
@@ -85,6 +118,75 @@ bool lsip_request_incoming(struct lsip_ep *ep, const struct sip_msg *msg)
 	lsip_newbox(L, req, LSIP_REQ_MT);         /* ep, req */
 	lsip_emit(L, "request", 2);
 	return true;
+}
+
+
+/**
+ * Check that idx is an incoming request box; NULL once closed
+ *
+ * @param L   Lua state
+ * @param idx Stack index
+ *
+ * @return Request, or NULL when closed
+ */
+struct lsip_req *lsip_req_check(lua_State *L, int idx)
+{
+	struct lsip_req **box = lsip_checkbox(L, idx, LSIP_REQ_MT);
+
+	return *box;
+}
+
+
+/**
+ * Get the message, endpoint and server transaction of a request
+ *
+ * The transaction pointer may be used to reply (sip_strans_reply sets it
+ * to NULL after a final response). lsip_req_set_status() records what
+ * was sent so the destructor does not answer again.
+ *
+ * @param req Request
+ * @param epp Set to the endpoint (optional)
+ * @param stp Set to the address of the server transaction (optional)
+ *
+ * @return The request message
+ */
+const struct sip_msg *lsip_req_parts(struct lsip_req *req,
+				     struct lsip_ep **epp,
+				     struct sip_strans ***stp)
+{
+	if (epp)
+		*epp = req->ep;
+	if (stp)
+		*stp = &req->st;
+
+	return req->msg;
+}
+
+
+/**
+ * Record the status sent for a request by another part (proxy, auth)
+ *
+ * @param req    Request
+ * @param status Status sent (>= 200 marks it answered)
+ */
+void lsip_req_set_status(struct lsip_req *req, uint16_t status)
+{
+	req->status = status;
+}
+
+
+/**
+ * Install the handler a CANCEL of this request calls (NULL: answer 487)
+ *
+ * @param req     Request
+ * @param cancelh Cancel handler, or NULL
+ * @param arg     Handler argument
+ */
+void lsip_req_set_cancel(struct lsip_req *req, sip_cancel_h *cancelh,
+			 void *arg)
+{
+	req->cancelh = cancelh;
+	req->cancel_arg = arg;
 }
 
 
@@ -117,8 +219,18 @@ static int l_req_reply(lua_State *L)
 		return luaL_error(L, "bad argument #2 to 'reply' (reason "
 				  "has CR/LF)");
 
-	lsip_headers(&hdrs, L, 4, "reply");
-	lsip_body(&body, L, 5, "reply");
+	/* checked first: lsip_headers() may raise, and would leak the body */
+	if (!lua_isnoneornil(L, 5) && lua_type(L, 5) != LUA_TSTRING)
+		return luaL_error(L, "reply: body: string expected, got %s",
+				  luaL_typename(L, 5));
+
+	err = lsip_headers(&hdrs, L, 4, "reply");
+	if (!err)
+		err = lsip_body(&body, L, 5, "reply");
+	if (err) {
+		mem_deref(hdrs);
+		return lsip_fail(L, err, "reply");
+	}
 
 	if (!req) {
 		mem_deref(hdrs);
@@ -186,6 +298,10 @@ static int l_req_getfield(lua_State *L)
 		lua_pushinteger(L, req->status);
 		return 1;
 	}
+	if (!strcmp(key, "cancelled")) {
+		lua_pushboolean(L, req->cancelled);
+		return 1;
+	}
 	if (!strcmp(key, "in_dialog")) {
 		lua_pushboolean(L, pl_isset(&req->msg->to.tag));
 		return 1;
@@ -215,6 +331,44 @@ static void creq_destructor(void *arg)
 	mem_deref(creq->req);
 	mem_deref((void *)creq->msg);
 	mem_deref(creq->ep);
+	mem_deref(creq->auth);
+	mem_deref(creq->hdrs);
+	mem_deref(creq->body);
+	mem_deref(creq->met);
+	mem_deref(creq->uri);
+	mem_deref(creq->from);
+	mem_deref(creq->to);
+}
+
+
+static void resp_handler(int err, const struct sip_msg *msg, void *arg);
+
+
+/* (re-)send: same Call-ID and From tag every time, CSeq counts up */
+static int creq_send(struct lsip_creq *creq)
+{
+	const struct mbuf *hdrs = creq->hdrs, *body = creq->body;
+
+	return sip_requestf(&creq->req, lsip_ep_sip(creq->ep), true,
+			    creq->met, creq->uri, NULL, creq->auth, NULL,
+			    resp_handler, creq,
+			    "From: <%s>;tag=%016llx\r\n"
+			    "To: <%s>\r\n"
+			    "Call-ID: %016llx%016llx\r\n"
+			    "CSeq: %u %s\r\n"
+			    "User-Agent: " LSIP_NAME "/" LSIP_VERSION "\r\n"
+			    "%b%s"
+			    "Content-Length: %zu\r\n"
+			    "\r\n"
+			    "%b",
+			    creq->from, creq->tag, creq->to,
+			    creq->cid1, creq->cid2, creq->cseq, creq->met,
+			    hdrs ? hdrs->buf : NULL, hdrs ? hdrs->end : 0,
+			    body && !(hdrs && memmem(hdrs->buf, hdrs->end,
+						     "Content-Type:", 13)) ?
+			    "Content-Type: text/plain\r\n" : "",
+			    body ? body->end : (size_t)0,
+			    body ? body->buf : NULL, body ? body->end : 0);
 }
 
 
@@ -231,9 +385,21 @@ static void resp_handler(int err, const struct sip_msg *msg, void *arg)
 		return;
 	}
 
+	creq->req = NULL;    /* libre frees it after this handler */
+
+	/* challenged: answer it with a new CSeq; a refused realm
+	 * (EAUTH) or too many rounds deliver the 401/407 as final */
+	if (!err && msg && (msg->scode == 401 || msg->scode == 407) &&
+	    creq->auth && creq->authc < AUTH_ROUNDS &&
+	    !sip_auth_authenticate(creq->auth, msg)) {
+		++creq->authc;
+		++creq->cseq;
+		if (!creq_send(creq))
+			return;
+	}
+
 	creq->done = true;
 	creq->err = err;
-	creq->req = NULL;    /* libre frees it after this handler */
 	if (!err && msg)
 		creq->msg = mem_ref((void *)msg);
 
@@ -271,8 +437,10 @@ static const char *check_addr(lua_State *L, int idx, const char *field)
 
 
 /*
- * core.send_request(ep, method, uri, from, to, headers, body)
+ * core.send_request(ep, method, uri, from, to, headers, body, auth)
  *   -> creq | nil, err, code
+ * auth: see lsip_creds_alloc(); a 401/407 is answered and the request
+ * sent again (CSeq + 1), since sip_requestf does not retry by itself
  */
 static int l_send_request(lua_State *L)
 {
@@ -281,61 +449,54 @@ static int l_send_request(lua_State *L)
 	const char *uri = luaL_checkstring(L, 3);
 	const char *from = check_addr(L, 4, "from");
 	const char *to = check_addr(L, 5, "to");
-	struct mbuf *hdrs = NULL, *body = NULL;
-	struct lsip_creq *creq;
-	char *dfrom = NULL;
+	struct lsip_creds *creds = NULL;
+	struct lsip_creq *creq, **box;
 	int err;
 
-	lsip_headers(&hdrs, L, 6, "request");
-	lsip_body(&body, L, 7, "request");
-
 	creq = mem_zalloc(sizeof(*creq), creq_destructor);
-	if (!creq) {
-		err = ENOMEM;
-		goto out;
-	}
+	if (!creq)
+		return lsip_fail(L, ENOMEM, "request");
 
 	creq->self = LUA_NOREF;
 	creq->ep = mem_ref(ep);
 
-	if (!from) {
-		err = lsip_ep_from(ep, &dfrom, NULL);
-		if (err)
-			goto out;
-		from = dfrom;
-	}
+	/* these may raise: creq is in a box already, __gc frees it */
+	box = lsip_newbox(L, creq, LSIP_CREQ_MT);
+	err = lsip_headers(&creq->hdrs, L, 6, "request");
+	if (!err)
+		err = lsip_body(&creq->body, L, 7, "request");
+	if (!err)
+		err = lsip_creds_alloc(&creds, L, 8, "request");
+	if (!err && creds)
+		err = sip_auth_alloc(&creq->auth, lsip_auth_handler, creds,
+				     true);
+	mem_deref(creds);
+	if (err)
+		goto out;
 
-	err = sip_requestf(&creq->req, lsip_ep_sip(ep), true, method, uri,
-			   NULL, NULL, NULL, resp_handler, creq,
-			   "From: <%s>;tag=%016llx\r\n"
-			   "To: <%s>\r\n"
-			   "Call-ID: %016llx%016llx\r\n"
-			   "CSeq: %u %s\r\n"
-			   "User-Agent: " LSIP_NAME "/" LSIP_VERSION "\r\n"
-			   "%b%s"
-			   "Content-Length: %zu\r\n"
-			   "\r\n"
-			   "%b",
-			   from, rand_u64(), to ? to : uri,
-			   rand_u64(), rand_u64(),
-			   (rand_u32() & 0x7fff) + 1, method,
-			   hdrs ? hdrs->buf : NULL, hdrs ? hdrs->end : 0,
-			   body && !(hdrs && memmem(hdrs->buf, hdrs->end,
-						    "Content-Type:", 13)) ?
-			   "Content-Type: text/plain\r\n" : "",
-			   body ? body->end : (size_t)0,
-			   body ? body->buf : NULL, body ? body->end : 0);
+	err  = str_dup(&creq->met, method);
+	err |= str_dup(&creq->uri, uri);
+	err |= str_dup(&creq->to, to ? to : uri);
+	if (from)
+		err |= str_dup(&creq->from, from);
+	else
+		err |= lsip_ep_from(ep, &creq->from, NULL);
+	if (err)
+		goto out;
+
+	creq->tag  = rand_u64();
+	creq->cid1 = rand_u64();
+	creq->cid2 = rand_u64();
+	creq->cseq = (rand_u32() & 0x7fff) + 1;
+
+	err = creq_send(creq);
 
  out:
-	mem_deref(dfrom);
-	mem_deref(hdrs);
-	mem_deref(body);
 	if (err) {
-		mem_deref(creq);
+		*box = mem_deref(creq);
 		return lsip_fail(L, err, "request");
 	}
 
-	lsip_newbox(L, creq, LSIP_CREQ_MT);
 	creq->self = lsip_pin(L, -1);
 	return 1;
 }

@@ -5,8 +5,9 @@
  * session socket and the request listener. The endpoint is pinned from
  * creation until :close(), because libre delivers requests to it at any
  * time. Requests and calls hold a mem_ref on the struct, so the stack
- * outlives every object built on it; sip_close() at :close() stops new
- * traffic and lets transactions finish on their own.
+ * outlives every object built on it. :close() stops taking new requests
+ * (503 until the stack goes); the stack, its transactions and its ports
+ * are freed from the next timer poll once nothing uses them.
  */
 
 #include "lsip.h"
@@ -20,6 +21,8 @@ enum {
 	TCONN_HASH  = 1024,
 	SESS_HASH   = 16384,
 	LADDR_MAX   = 8,
+	TEARDOWN_RETRY = 250,  /* [ms] */
+	UDP_SOCKBUF = 4 << 20,
 };
 
 
@@ -34,13 +37,18 @@ struct lsip_ep {
 	struct dnsc *dnsc;
 	struct sipsess_sock *sock;
 	struct sip_lsnr *lsnr;
+	struct sip_lsnr *rlsnr;      /* stray responses (proxy.c) */
 	struct tls *tls;
 	struct lsip_laddr laddrv[LADDR_MAX];
 	size_t laddrc;
+	void *udpv[LADDR_MAX];   /* UDP sockets whose buffers are tuned */
+	size_t udpc;
 	char *user;        /* Contact user part */
 	char *from;        /* default From: display + URI */
 	int self;          /* pin until :close() */
+	struct tmr teardown;  /* frees the stack soon after :close() */
 	bool closed;
+	bool proxy;        /* INVITEs arrive as requests (to forward) */
 };
 
 
@@ -48,7 +56,9 @@ static void ep_destructor(void *arg)
 {
 	struct lsip_ep *ep = arg;
 
+	tmr_cancel(&ep->teardown);
 	mem_deref(ep->lsnr);
+	mem_deref(ep->rlsnr);
 	mem_deref(ep->sock);
 	if (ep->sip)
 		sip_close(ep->sip, false);
@@ -190,11 +200,38 @@ static const char *msg_invalid(const struct sip_msg *msg)
  * first). Validates every request; takes out-of-dialog non-INVITE
  * requests and in-dialog requests sipsess does not know.
  */
+/*
+ * libre's UDP sockets keep the kernel's default receive buffer (~200 KB),
+ * which a burst of a few thousand requests overflows; raise it once per
+ * socket (the kernel caps it at net.core.rmem_max).
+ */
+static void udp_tune(struct lsip_ep *ep, const struct sip_msg *msg)
+{
+	size_t i;
+
+	if (msg->tp != SIP_TRANSP_UDP || !msg->sock)
+		return;
+
+	for (i = 0; i < ep->udpc; i++) {
+		if (ep->udpv[i] == msg->sock)
+			return;
+	}
+
+	if (ep->udpc < LADDR_MAX)
+		ep->udpv[ep->udpc++] = msg->sock;
+
+	(void)udp_sockbuf_set(msg->sock, UDP_SOCKBUF);
+}
+
+
 static bool request_handler(const struct sip_msg *msg, void *arg)
 {
 	struct lsip_ep *ep = arg;
 	const char *bad = msg_invalid(msg);
 	bool indialog = pl_isset(&msg->to.tag);
+
+	udp_tune(ep, msg);
+	lsip_mem_activity();
 
 	if (bad) {
 		if (pl_strcmp(&msg->met, "ACK"))
@@ -202,12 +239,23 @@ static bool request_handler(const struct sip_msg *msg, void *arg)
 		return true;
 	}
 
+	/* closed, stack not torn down yet: refuse new work, but let
+	 * in-dialog requests reach the calls that outlive :close() */
 	if (ep->closed) {
+		if (indialog)
+			return false;
 		if (pl_strcmp(&msg->met, "ACK"))
 			(void)sip_reply(ep->sip, msg, 503,
 					"Service Unavailable");
 		return true;
 	}
+
+	/* in-dialog requests follow a Route naming us (proxy.c) */
+	if (lsip_proxy_incoming(ep, msg, ep->proxy))
+		return true;
+
+	if (ep->proxy && !indialog && !pl_strcmp(&msg->met, "INVITE"))
+		return lsip_request_incoming(ep, msg);
 
 	if (!pl_strcmp(&msg->met, "INVITE") || !pl_strcmp(&msg->met, "ACK") ||
 	    !pl_strcmp(&msg->met, "BYE") || !pl_strcmp(&msg->met, "CANCEL"))
@@ -218,6 +266,14 @@ static bool request_handler(const struct sip_msg *msg, void *arg)
 		return false;
 
 	return lsip_request_incoming(ep, msg);
+}
+
+
+/* responses no client transaction took; runs inside re_main, before
+ * sipsess's listener (which takes every INVITE 2xx) */
+static bool response_handler(const struct sip_msg *msg, void *arg)
+{
+	return lsip_proxy_response(arg, msg);
 }
 
 
@@ -457,11 +513,15 @@ static int l_endpoint_new(lua_State *L)
 	const char *ua, *user, *from;
 	lua_Integer i, n;
 	int err, opt = 1;
+	bool proxy;
 
 	luaL_checktype(L, opt, LUA_TTABLE);
 	lsip_opt_string(L, opt, "user_agent", &ua);
 	lsip_opt_string(L, opt, "user", &user);
 	lsip_opt_string(L, opt, "from", &from);
+	lua_getfield(L, opt, "proxy");
+	proxy = lua_toboolean(L, -1);
+	lua_pop(L, 1);
 
 	lua_getfield(L, opt, "listen");
 	if (lua_type(L, -1) == LUA_TSTRING) {
@@ -490,6 +550,7 @@ static int l_endpoint_new(lua_State *L)
 		return lsip_fail(L, ENOMEM, "endpoint");
 
 	ep->self = LUA_NOREF;
+	ep->proxy = proxy;
 	lsip_newbox(L, ep, LSIP_EP_MT);           /* opts, listen, box */
 
 	err = str_dup(&ep->user, user ? user : "luasip");
@@ -509,6 +570,9 @@ static int l_endpoint_new(lua_State *L)
 
 	/* ours first: it validates before sipsess sees anything */
 	err = sip_listen(&ep->lsnr, ep->sip, true, request_handler, ep);
+	if (!err)
+		err = sip_listen(&ep->rlsnr, ep->sip, false, response_handler,
+				 ep);
 	if (err)
 		goto out;
 
@@ -540,6 +604,32 @@ static int l_endpoint_new(lua_State *L)
 }
 
 
+/*
+ * Runs from the loop's timer poll after :close(), never inside one of the
+ * stack's own socket handlers. When nothing built on the endpoint is left
+ * (requests, responses and calls hold a ref on it; sessions and
+ * registrations on the stack), free the stack now: its transports and
+ * transactions go and its ports can be bound again. Otherwise look
+ * again a little later (the endpoint's __gc cancels this).
+ */
+static void teardown_handler(void *arg)
+{
+	struct lsip_ep *ep = arg;
+
+	if (!ep->sip)
+		return;
+
+	if (mem_nrefs(ep) > 1 || mem_nrefs(ep->sip) > 1) {
+		tmr_start(&ep->teardown, TEARDOWN_RETRY, teardown_handler,
+			  ep);
+		return;
+	}
+
+	ep->lsnr = mem_deref(ep->lsnr);
+	ep->sip = mem_deref(ep->sip);
+}
+
+
 /* ep:close(): stop listening; calls and requests in flight finish */
 static int l_ep_close(lua_State *L)
 {
@@ -553,12 +643,14 @@ static int l_ep_close(lua_State *L)
 		 * free them a second time. No sip_transp_flush(): this often
 		 * runs inside libre's TCP receive handler, and a connection
 		 * that a transaction still references would be freed twice.
-		 * The stack and its ports go when the last user is gone.
+		 * The stack and its ports go at the next timer poll when
+		 * nothing uses them (teardown_handler), else with the last
+		 * user.
 		 */
 		ep->sock = mem_deref(ep->sock);
-		ep->lsnr = mem_deref(ep->lsnr);
-		sip_close(ep->sip, false);
+		ep->rlsnr = mem_deref(ep->rlsnr);
 		lsip_unpin(L, &ep->self);
+		tmr_start(&ep->teardown, 0, teardown_handler, ep);
 	}
 
 	lua_pushboolean(L, 1);

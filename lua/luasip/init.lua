@@ -191,7 +191,8 @@ end
 -- @tparam table opts `listen` (string or list of "udp|tcp|tls|ws:ip:port",
 --   port 0 picks a free port), `user` (Contact user, default "luasip"),
 --   `from` (default From URI), `user_agent`, `tls` = { cert, key, ca,
---   verify (default true) }
+--   verify (default true) }, `proxy` (true: INVITEs arrive as requests,
+--   to `req:forward()`, instead of calls)
 -- @return endpoint, or nil, message, code
 function _M.endpoint(opts)
     if type(opts) ~= "table" then argerror("endpoint", 1, "table", type(opts)) end
@@ -243,7 +244,9 @@ end
 
 --- Send an out-of-dialog request and wait for its final response.
 -- @tparam table opts `method`, `uri`, `from`, `to`, `headers`, `body`,
---   `timeout` (seconds, default 32)
+--   `timeout` (seconds, default 32), `auth` (digest credentials, as for
+--   `ep:call`; a 401/407 is answered once per realm, a refused one is the
+--   final response)
 -- @return response (fields status, reason, headers, body, `:header(name)`),
 --   or nil, message, code (code = SIP status >= 300 or errno); after a
 --   final failure response the response is the 4th value:
@@ -265,7 +268,7 @@ function EP.request(ep, opts)
         error("luasip.request: must be called from a task (use luasip.spawn)", 2)
     end
     local creq, err, code = core.send_request(ep, method, uri, opts.from, opts.to,
-                                              opts.headers, opts.body)
+                                              opts.headers, opts.body, opts.auth)
     if not creq then return nil, err, code end
     while not creq.done do
         local ev = wait(creq, remaining(dl), "luasip.request")
@@ -291,6 +294,7 @@ RESP.header_all = core._msg_header_all
 local REQ = core.methods("luasip.request")
 REQ.header = core._msg_header
 REQ.header_all = core._msg_header_all
+require("luasip.proxy").install(REQ)  -- forward, relay, redirect (luasip.proxy)
 
 
 ---------------------------------------------------------------- calls
@@ -331,21 +335,45 @@ local function closed_result(call)
 end
 
 
+-- best Contact of a 3xx answer not tried yet (highest q, then first)
+local function redirect_target(call, tried)
+    if call.cause ~= "rejected" or call.status < 300 or call.status > 399 then return nil end
+    local best, bestq
+    for _, c in ipairs(call.contacts or {}) do
+        local u = c.uri
+        if u and u:match("^sips?:") and not tried[u] and (c.q or 1) > (bestq or -1) then
+            best, bestq = u, c.q or 1
+        end
+    end
+    return best
+end
+
+
 --- Place a call and wait until it is answered.
 -- @tparam string uri SIP URI to call
 -- @tparam[opt] table opts `from`, `display`, `headers`, `body` (SDP offer),
 --   `content_type`, `timeout` (seconds; CANCEL when it runs out),
---   `on_progress` (function(call, status) for each provisional response)
+--   `on_progress` (function(call, status) for each provisional response),
+--   `auth` (digest credentials for 401/407: `{ user =, password =,
+--   realm = }`, a list of those, or function(realm) -> user, password),
+--   `follow_redirects` (n: on a 3xx call its best Contact not yet tried,
+--   at most n times; default 0)
 -- @return call, or nil, message, code (code: SIP status or errno)
 function EP.call(ep, uri, opts)
     if type(uri) ~= "string" then argerror("call", 1, "SIP URI string", type(uri)) end
     opts = check_opts("call", opts, 2)
     local dl = deadline(opts.timeout, "luasip.call")
+    local redirects, tried = opts.follow_redirects or 0, { [uri] = true }
+    if math.type(redirects) ~= "integer" or redirects < 0 then
+        argerror("call", 2, "follow_redirects: integer >= 0", tostring(redirects))
+    end
     if not sched.current() then
         error("luasip.call: must be called from a task (use luasip.spawn)", 2)
     end
+    ::dial::
     local call, err, code = core.call(ep, uri, opts.from, opts.display,
-                                      opts.headers, opts.body, opts.content_type)
+                                      opts.headers, opts.body, opts.content_type,
+                                      opts.auth)
     if not call then return nil, err, code end
     sched.own(call)
     if opts.on_progress then sched.on(call, "progress", opts.on_progress) end
@@ -354,6 +382,11 @@ function EP.call(ep, uri, opts)
         if st == "established" then return call end
         if st == "closed" then
             sched.disown(call)
+            local nxt = redirects > 0 and redirect_target(call, tried)
+            if nxt then
+                redirects, uri, tried[nxt] = redirects - 1, nxt, true
+                goto dial
+            end
             return closed_result(call)
         end
         local ev = wait(call, remaining(dl), "luasip.call")
@@ -454,12 +487,33 @@ function CALL.detach(call)
 end
 
 
+--- Digest authentication: req/call `:challenge`, `:authenticate`,
+-- `:require_auth` (installed on load) and helpers (see luasip.auth).
+_M.auth = require "luasip.auth"
+
+
 --- Counters for tests: running tasks, waits, open endpoints, live timers.
 function _M.stats()
     local s = sched.stats()
     s.timers = core.timers()
     return s
 end
+
+
+---------------------------------------------------------------- registration
+
+--- A registrar and location service: `sip.registrar{ auth = fn, realm = }`
+-- (see luasip.registrar).
+_M.registrar = require("luasip.registrar").new
+
+--- Location stores for the registrar: `sip.location.memory{ file = }`
+-- (see luasip.location).
+_M.location = require "luasip.location"
+
+-- ep:register{...}, reg:wait(), reg:close() (see luasip.registration).
+-- Loaded last: at the end of run() it un-REGISTERs before the location
+-- stores write their files.
+_M.registration = require "luasip.registration"
 
 
 return _M

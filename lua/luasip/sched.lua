@@ -24,6 +24,7 @@ local timer_pool = {}
 local runq, rq_head, rq_tail = {}, 1, 0
 local draining = false
 local running_loop = false
+local stopping = false  -- stop() was called during this run()
 local listeners = {}    -- obj -> { ev -> { fn, ... } }
 local handlers = {}     -- event source (endpoint) -> function(obj, ev, ...)
 local keepalive = {}    -- objects that keep run() going (open endpoints)
@@ -311,11 +312,18 @@ core.set_dispatcher(dispatch)
 -- or nothing is left (no task, no open endpoint).
 function _M.run(fn, ...)
     if running_loop then error("luasip.run: already running", 2) end
+    if fn ~= nil and type(fn) ~= "function" then
+        error("bad argument #1 to 'run' (function expected, got " .. type(fn) .. ")", 2)
+    end
+    -- the first task runs before re_main starts: a run() or stop() it
+    -- makes must already see the loop as running
+    running_loop, stopping = true, false
     if fn ~= nil then _M.spawn(fn, ...) end
-    if ntasks == 0 and nkeepalive == 0 then return true end
-    running_loop = true
-    local ok, err, code = core.run()
-    running_loop = false
+    local ok, err, code = true, nil, nil
+    if not stopping and (ntasks > 0 or nkeepalive > 0) then
+        ok, err, code = core.run()
+    end
+    running_loop, stopping = false, false
     if _M.on_stop then _M.on_stop() end
     -- abandon what is left: owned objects are finalized as on error
     for co, task in pairs(tasks) do
@@ -330,6 +338,7 @@ end
 
 --- Make run() return after the current event.
 function _M.stop()
+    stopping = true        -- re_cancel() before re_main() would be lost
     core.stop()
 end
 

@@ -1,0 +1,1255 @@
+/**
+ * @file auth.c  SIP digest authentication: client state (replacing
+ *               libre's sip/auth.c), credentials, and server helpers
+ *
+ * This file defines every global symbol of libre's sip/auth.o
+ * (sip_auth_alloc, sip_auth_authenticate, sip_auth_encode and
+ * sip_auth_reset), so when core.so is linked with libre.a that archive
+ * member is never pulled in, and sipsess, sipreg, sipevent and
+ * sip_request all answer challenges through this code. Compared with
+ * libre 1.1.0 it adds SHA-256 and SHA-512-256 (RFC 7616, RFC 8760:
+ * of several challenges for one realm the strongest is answered),
+ * quoted-string escaping, a bound on stale=true rounds, and an error
+ * instead of an endless resend for a 401/407 without any challenge.
+ *
+ * Lifetimes: a struct sip_auth belongs to the libre object that
+ * allocated it; with aref it holds a reference on its handler argument,
+ * which for luasip is a struct lsip_creds. A credentials object owns
+ * copies of the user names and passwords, or a registry reference to a
+ * Lua function; that reference is released by its destructor, which
+ * may run inside re_main or a __gc, never after the Lua state is gone
+ * (a sentinel in the registry records that). lsip_auth_handler() calls
+ * the function on the main thread, synchronously, under lua_pcall.
+ *
+ * The server side (challenges, nonces, verification) is Lua
+ * (lua/luasip/auth.lua); this file gives it hashes, HMAC, random bytes,
+ * base64url and a parser for Digest header values.
+ */
+
+#include "lsip.h"
+#include <ctype.h>
+#include <time.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+
+
+/* libre's private src/sip/sip.h declares this one; sip_request uses it */
+int sip_auth_encode(struct mbuf *mb, struct sip_auth *auth, const char *met,
+		    const char *uri);
+
+
+enum {
+	CHALL_MAX = 16,   /* challenges considered per response */
+	STALE_MAX = 4,    /* stale=true rounds in a row for one nonce use */
+	HEX_MAX = 2 * EVP_MAX_MD_SIZE + 1,
+};
+
+
+/* strength grows with the index: RFC 8760 says answer the strongest */
+static const struct digest_alg {
+	const char *name;
+	const EVP_MD *(*md)(void);
+} algv[] = {
+	{"MD5",         EVP_md5},
+	{"SHA-256",     EVP_sha256},
+	{"SHA-512-256", EVP_sha512_256},
+};
+
+
+struct sip_auth {
+	struct list realml;
+	sip_auth_h *authh;
+	void *arg;
+	bool ref;
+	int err;
+};
+
+
+struct realm {
+	struct le le;
+	char *realm;
+	char *nonce;
+	char *opaque;       /* NULL when the challenge had none */
+	char *user;
+	char *pass;
+	const struct digest_alg *alg;
+	uint32_t nc;
+	unsigned stalec;    /* stale=true rounds without a second use */
+	enum sip_hdrid hdr;
+	bool qop;           /* qop=auth */
+	bool alg_named;     /* the challenge named its algorithm */
+};
+
+
+struct chall {
+	struct pl scheme;
+	struct pl realm;
+	struct pl nonce;
+	struct pl opaque;
+	struct pl stale;
+	struct pl algorithm;
+	struct pl qop;
+	const struct digest_alg *alg;
+	enum sip_hdrid hdr;
+	bool qop_auth;
+};
+
+
+struct chall_set {
+	struct chall v[CHALL_MAX];
+	size_t n;
+	bool seen;          /* any challenge header at all */
+};
+
+
+struct cred {
+	char *realm;        /* NULL: any realm */
+	char *user;
+	char *pass;
+};
+
+
+struct lsip_creds {
+	struct cred *credv;
+	size_t credc;
+	int fn;             /* function(realm) -> user, password */
+};
+
+
+static bool lua_alive;
+
+
+/* ---- helpers ---- */
+
+
+static const struct digest_alg *alg_find(const struct pl *name)
+{
+	size_t i;
+
+	if (!pl_isset(name))
+		return &algv[0];
+
+	for (i = 0; i < sizeof(algv) / sizeof(algv[0]); i++) {
+		if (!pl_strcasecmp(name, algv[i].name))
+			return &algv[i];
+	}
+
+	return NULL;
+}
+
+
+static void hex_encode(char *hex, const uint8_t *p, size_t n)
+{
+	static const char digits[] = "0123456789abcdef";
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		hex[2 * i]     = digits[p[i] >> 4];
+		hex[2 * i + 1] = digits[p[i] & 0x0f];
+	}
+	hex[2 * n] = '\0';
+}
+
+
+/* hex = H(printf(fmt, ...)); the input is wiped (it may hold a password) */
+static int hash_hex(char *hex, const struct digest_alg *alg,
+		    const char *fmt, ...)
+{
+	uint8_t md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0;
+	char *s = NULL;
+	va_list ap;
+	int err;
+
+	va_start(ap, fmt);
+	err = re_vsdprintf(&s, fmt, ap);
+	va_end(ap);
+	if (err)
+		return err;
+
+	if (EVP_Digest(s, str_len(s), md, &mdlen, alg->md(), NULL) != 1)
+		err = EPROTO;
+	else
+		hex_encode(hex, md, mdlen);
+
+	OPENSSL_cleanse(s, str_len(s));
+	mem_deref(s);
+	return err;
+}
+
+
+static void str_wipe(char *s)
+{
+	if (s)
+		OPENSSL_cleanse(s, str_len(s));
+	mem_deref(s);
+}
+
+
+/* quoted-string body: '"' and '\' escaped */
+static int print_qstr(struct re_printf *pf, void *arg)
+{
+	const char *p = arg;
+	int err = 0;
+
+	for (; p && *p && !err; ++p) {
+		if (*p == '"' || *p == '\\')
+			err = pf->vph("\\", 1, pf->arg);
+		if (!err)
+			err = pf->vph(p, 1, pf->arg);
+	}
+
+	return err;
+}
+
+
+/* copy a quoted-string body without its backslash escapes */
+static int pl_unescape_dup(char **dst, const struct pl *pl)
+{
+	size_t i, n = 0;
+	char *s;
+
+	s = mem_alloc(pl->l + 1, NULL);
+	if (!s)
+		return ENOMEM;
+
+	for (i = 0; i < pl->l; i++) {
+		if (pl->p[i] == '\\' && i + 1 < pl->l)
+			++i;
+		s[n++] = pl->p[i];
+	}
+	s[n] = '\0';
+
+	*dst = s;
+	return 0;
+}
+
+
+static bool is_lws(char c)
+{
+	return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+
+static bool is_tchar(char c)
+{
+	return isalnum((unsigned char)c) || (c && strchr("!#$%&'*+-.^_`|~",
+							  c));
+}
+
+
+typedef int (param_h)(const struct pl *name, const struct pl *val,
+		      bool quoted, void *arg);
+
+
+/*
+ * Decode `scheme name=value, name="quoted", ...` (RFC 7235 auth-param
+ * lists); values keep their escapes, quotes are removed
+ */
+static int param_decode(const struct pl *hval, struct pl *scheme,
+			param_h *ph, void *arg)
+{
+	const char *p = hval->p, *end = hval->p + hval->l;
+	struct pl name, val;
+	bool quoted;
+	int err;
+
+	while (p < end && is_lws(*p))
+		++p;
+	scheme->p = p;
+	while (p < end && is_tchar(*p))
+		++p;
+	scheme->l = p - scheme->p;
+	if (!scheme->l || (p < end && !is_lws(*p)))
+		return EBADMSG;
+
+	for (;;) {
+		while (p < end && (is_lws(*p) || *p == ','))
+			++p;
+		if (p >= end)
+			return 0;
+
+		name.p = p;
+		while (p < end && is_tchar(*p))
+			++p;
+		name.l = p - name.p;
+		while (p < end && is_lws(*p))
+			++p;
+		if (!name.l || p >= end || *p != '=')
+			return EBADMSG;
+		++p;
+		while (p < end && is_lws(*p))
+			++p;
+
+		quoted = p < end && *p == '"';
+		if (quoted) {
+			val.p = ++p;
+			while (p < end && *p != '"') {
+				if (*p == '\\' && p + 1 < end)
+					++p;
+				++p;
+			}
+			if (p >= end)
+				return EBADMSG;
+			val.l = p++ - val.p;
+		}
+		else {
+			val.p = p;
+			while (p < end && !is_lws(*p) && *p != ',' &&
+			       *p != '"')
+				++p;
+			val.l = p - val.p;
+			if (!val.l)
+				return EBADMSG;
+		}
+
+		while (p < end && is_lws(*p))
+			++p;
+		if (p < end && *p != ',')
+			return EBADMSG;
+
+		err = ph(&name, &val, quoted, arg);
+		if (err)
+			return err;
+	}
+}
+
+
+/* ---- client: libre's sip_auth ---- */
+
+
+static int dummy_handler(char **user, char **pass, const char *rlm,
+			 void *arg)
+{
+	(void)user;
+	(void)pass;
+	(void)rlm;
+	(void)arg;
+
+	return EAUTH;
+}
+
+
+static void realm_destructor(void *arg)
+{
+	struct realm *realm = arg;
+
+	list_unlink(&realm->le);
+	mem_deref(realm->realm);
+	mem_deref(realm->nonce);
+	mem_deref(realm->opaque);
+	mem_deref(realm->user);
+	str_wipe(realm->pass);
+}
+
+
+static void auth_destructor(void *arg)
+{
+	struct sip_auth *auth = arg;
+
+	if (auth->ref)
+		mem_deref(auth->arg);
+
+	list_flush(&auth->realml);
+}
+
+
+static int chall_param(const struct pl *name, const struct pl *val,
+		       bool quoted, void *arg)
+{
+	struct chall *c = arg;
+	(void)quoted;
+
+	if (!pl_strcasecmp(name, "realm"))
+		c->realm = *val;
+	else if (!pl_strcasecmp(name, "nonce"))
+		c->nonce = *val;
+	else if (!pl_strcasecmp(name, "opaque"))
+		c->opaque = *val;
+	else if (!pl_strcasecmp(name, "stale"))
+		c->stale = *val;
+	else if (!pl_strcasecmp(name, "algorithm"))
+		c->algorithm = *val;
+	else if (!pl_strcasecmp(name, "qop"))
+		c->qop = *val;
+
+	return 0;
+}
+
+
+/* does the qop list ("auth,auth-int") hold the token "auth"? */
+static bool qop_has_auth(const struct pl *qop)
+{
+	const char *p = qop->p, *end = qop->p + qop->l;
+	struct pl tok;
+
+	while (p < end) {
+		while (p < end && (is_lws(*p) || *p == ','))
+			++p;
+		tok.p = p;
+		while (p < end && !is_lws(*p) && *p != ',')
+			++p;
+		tok.l = p - tok.p;
+		if (tok.l && !pl_strcasecmp(&tok, "auth"))
+			return true;
+	}
+
+	return false;
+}
+
+
+/* collect one WWW-/Proxy-Authenticate; keep the strongest per realm */
+static bool chall_handler(const struct sip_hdr *hdr,
+			  const struct sip_msg *msg, void *arg)
+{
+	struct chall_set *set = arg;
+	struct chall c;
+	size_t i;
+	(void)msg;
+
+	set->seen = true;
+	memset(&c, 0, sizeof(c));
+	c.hdr = hdr->id;
+
+	if (param_decode(&hdr->val, &c.scheme, chall_param, &c) ||
+	    pl_strcasecmp(&c.scheme, "Digest") || !c.realm.p || !c.nonce.p)
+		return false;
+
+	c.alg = alg_find(&c.algorithm);
+	if (!c.alg)
+		return false;
+
+	if (c.qop.p) {
+		c.qop_auth = qop_has_auth(&c.qop);
+		if (!c.qop_auth)
+			return false;   /* auth-int only */
+	}
+
+	for (i = 0; i < set->n; i++) {
+		struct chall *o = &set->v[i];
+
+		if (o->hdr != c.hdr || pl_casecmp(&o->realm, &c.realm))
+			continue;
+
+		if (c.alg > o->alg)
+			*o = c;
+		return false;
+	}
+
+	if (set->n < CHALL_MAX)
+		set->v[set->n++] = c;
+
+	return false;
+}
+
+
+static bool realm_cmp(struct le *le, void *arg)
+{
+	struct realm *realm = le->data;
+	const struct pl *name = arg;
+	char *s = NULL;
+	bool eq;
+
+	/* realms are compared unescaped, case-insensitively (as libre) */
+	if (pl_unescape_dup(&s, name))
+		return false;
+	eq = !str_casecmp(s, realm->realm);
+	mem_deref(s);
+
+	return eq;
+}
+
+
+static int chall_apply(struct sip_auth *auth, const struct chall *c)
+{
+	struct realm *realm;
+	bool stale;
+	int err;
+
+	realm = list_ledata(list_apply(&auth->realml, true, realm_cmp,
+				       (void *)&c->realm));
+	stale = c->stale.p && !pl_strcasecmp(&c->stale, "true");
+
+	if (!realm) {
+		realm = mem_zalloc(sizeof(*realm), realm_destructor);
+		if (!realm)
+			return ENOMEM;
+
+		list_append(&auth->realml, &realm->le, realm);
+
+		err = pl_unescape_dup(&realm->realm, &c->realm);
+		if (!err)
+			err = auth->authh(&realm->user, &realm->pass,
+					  realm->realm, auth->arg);
+		if (err)
+			goto out;
+	}
+	else {
+		/* challenged again: our credentials were refused */
+		if (!stale) {
+			err = EAUTH;
+			goto out;
+		}
+
+		/* a nonce that served more than one request aged normally;
+		 * one refused at its first use over and over is a loop */
+		if (realm->nc > 2)
+			realm->stalec = 0;
+		if (++realm->stalec > STALE_MAX) {
+			err = EAUTH;
+			goto out;
+		}
+
+		realm->nonce  = mem_deref(realm->nonce);
+		realm->opaque = mem_deref(realm->opaque);
+	}
+
+	realm->hdr = c->hdr;
+	realm->alg = c->alg;
+	realm->alg_named = c->algorithm.p != NULL;
+	realm->qop = c->qop_auth;
+	realm->nc = 1;
+
+	err = pl_unescape_dup(&realm->nonce, &c->nonce);
+	if (!err && c->opaque.p)
+		err = pl_unescape_dup(&realm->opaque, &c->opaque);
+
+ out:
+	if (err)
+		mem_deref(realm);
+
+	return err;
+}
+
+
+/**
+ * Update a SIP authentication state from a 401/407 response
+ *
+ * Of several challenges for one realm (one per algorithm) the strongest
+ * supported one is kept. A realm challenged again fails with EAUTH,
+ * unless the challenge says stale=true (the same credentials are used
+ * with the new nonce).
+ *
+ * @param auth SIP Authentication state
+ * @param msg  SIP Message
+ *
+ * @return 0 if success, EAUTH if the credentials were refused, ENOSYS
+ *         if no challenge can be answered, otherwise errorcode
+ */
+int sip_auth_authenticate(struct sip_auth *auth, const struct sip_msg *msg)
+{
+	struct chall_set *set;
+	size_t i;
+	int err = 0;
+
+	if (!auth || !msg)
+		return EINVAL;
+
+	set = mem_zalloc(sizeof(*set), NULL);
+	if (!set)
+		return ENOMEM;
+
+	(void)sip_msg_hdr_apply(msg, true, SIP_HDR_WWW_AUTHENTICATE,
+				chall_handler, set);
+	(void)sip_msg_hdr_apply(msg, true, SIP_HDR_PROXY_AUTHENTICATE,
+				chall_handler, set);
+
+	if (!set->n) {
+		/* libre 1.1.0 returned 0 here and the request looped */
+		err = set->seen ? ENOSYS : EBADMSG;
+		goto out;
+	}
+
+	for (i = 0; i < set->n && !err; i++)
+		err = chall_apply(auth, &set->v[i]);
+
+ out:
+	auth->err = err;
+	mem_deref(set);
+	return err;
+}
+
+
+/**
+ * Print Authorization / Proxy-Authorization headers for a request
+ *
+ * @param mb   Buffer to print to
+ * @param auth SIP Authentication state
+ * @param met  Request method
+ * @param uri  Request URI
+ *
+ * @return 0 if success, otherwise errorcode
+ */
+int sip_auth_encode(struct mbuf *mb, struct sip_auth *auth, const char *met,
+		    const char *uri)
+{
+	struct le *le;
+	int err = 0;
+
+	if (!mb || !auth || !met || !uri)
+		return EINVAL;
+
+	for (le = auth->realml.head; le && !err; le = le->next) {
+
+		struct realm *realm = le->data;
+		char ha1[HEX_MAX], ha2[HEX_MAX], resp[HEX_MAX];
+		char cnonce[17];
+		const char *hname;
+
+		switch (realm->hdr) {
+
+		case SIP_HDR_WWW_AUTHENTICATE:
+			hname = "Authorization";
+			break;
+
+		case SIP_HDR_PROXY_AUTHENTICATE:
+			hname = "Proxy-Authorization";
+			break;
+
+		default:
+			continue;
+		}
+
+		(void)re_snprintf(cnonce, sizeof(cnonce), "%016llx",
+				  rand_u64());
+
+		err  = hash_hex(ha1, realm->alg, "%s:%s:%s", realm->user,
+				realm->realm, realm->pass);
+		err |= hash_hex(ha2, realm->alg, "%s:%s", met, uri);
+		if (err)
+			break;
+
+		if (realm->qop)
+			err = hash_hex(resp, realm->alg,
+				       "%s:%s:%08x:%s:auth:%s", ha1,
+				       realm->nonce, realm->nc, cnonce, ha2);
+		else
+			err = hash_hex(resp, realm->alg, "%s:%s:%s", ha1,
+				       realm->nonce, ha2);
+		OPENSSL_cleanse(ha1, sizeof(ha1));
+		if (err)
+			break;
+
+		err |= mbuf_printf(mb, "%s: Digest username=\"%H\"", hname,
+				   print_qstr, realm->user);
+		err |= mbuf_printf(mb, ", realm=\"%H\"", print_qstr,
+				   realm->realm);
+		err |= mbuf_printf(mb, ", nonce=\"%H\"", print_qstr,
+				   realm->nonce);
+		err |= mbuf_printf(mb, ", uri=\"%s\"", uri);
+		err |= mbuf_printf(mb, ", response=\"%s\"", resp);
+
+		if (realm->alg_named || realm->alg != &algv[0])
+			err |= mbuf_printf(mb, ", algorithm=%s",
+					   realm->alg->name);
+
+		if (realm->opaque)
+			err |= mbuf_printf(mb, ", opaque=\"%H\"", print_qstr,
+					   realm->opaque);
+
+		if (realm->qop) {
+			err |= mbuf_printf(mb, ", qop=auth, nc=%08x",
+					   realm->nc);
+			err |= mbuf_printf(mb, ", cnonce=\"%s\"", cnonce);
+		}
+
+		++realm->nc;
+
+		err |= mbuf_write_str(mb, "\r\n");
+	}
+
+	return err;
+}
+
+
+/**
+ * Allocate a SIP authentication state
+ *
+ * @param authp Pointer to allocated SIP authentication state
+ * @param authh Authentication handler (NULL: every challenge fails)
+ * @param arg   Handler argument
+ * @param ref   True to mem_ref() argument
+ *
+ * @return 0 if success, otherwise errorcode
+ */
+int sip_auth_alloc(struct sip_auth **authp, sip_auth_h *authh,
+		   void *arg, bool ref)
+{
+	struct sip_auth *auth;
+
+	if (!authp)
+		return EINVAL;
+
+	auth = mem_zalloc(sizeof(*auth), auth_destructor);
+	if (!auth)
+		return ENOMEM;
+
+	auth->authh = authh ? authh : dummy_handler;
+	auth->arg   = ref ? mem_ref(arg) : arg;
+	auth->ref   = ref;
+
+	*authp = auth;
+
+	return 0;
+}
+
+
+/**
+ * Reset a SIP authentication state (forget every realm)
+ *
+ * @param auth SIP Authentication state
+ */
+void sip_auth_reset(struct sip_auth *auth)
+{
+	if (!auth)
+		return;
+
+	list_flush(&auth->realml);
+}
+
+
+/* ---- credentials ---- */
+
+
+static void creds_destructor(void *arg)
+{
+	struct lsip_creds *creds = arg;
+	size_t i;
+
+	for (i = 0; i < creds->credc; i++) {
+		mem_deref(creds->credv[i].realm);
+		mem_deref(creds->credv[i].user);
+		str_wipe(creds->credv[i].pass);
+	}
+	mem_deref(creds->credv);
+
+	/* lua_close() may already have run: the ref went with the state */
+	if (lua_alive && lsip_L && creds->fn != LUA_NOREF)
+		luaL_unref(lsip_L, LUA_REGISTRYINDEX, creds->fn);
+}
+
+
+/* raise unless field of the table at idx is a string (or nil, if opt) */
+static const char *cred_field(lua_State *L, int idx, const char *field,
+			      bool opt, const char *fname, lua_Integer i)
+{
+	const char *s;
+
+	lua_getfield(L, idx, field);
+	if (lua_type(L, -1) == LUA_TSTRING || (opt && lua_isnil(L, -1))) {
+		s = lua_tostring(L, -1);
+		lua_pop(L, 1);
+		return s;    /* still referenced by the table */
+	}
+
+	if (i)
+		luaL_error(L, "%s: auth[%d].%s: string expected, got %s",
+			   fname, (int)i, field, luaL_typename(L, -1));
+	else
+		luaL_error(L, "%s: auth.%s: string expected, got %s", fname,
+			   field, luaL_typename(L, -1));
+	return NULL;
+}
+
+
+/* check one { user, password, realm? } table; raises on bad types */
+static void cred_check(lua_State *L, int idx, const char *fname,
+		       lua_Integer i)
+{
+	if (!lua_istable(L, idx))
+		luaL_error(L, "%s: auth[%d]: table expected, got %s", fname,
+			   (int)i, luaL_typename(L, idx));
+
+	(void)cred_field(L, idx, "user", false, fname, i);
+	(void)cred_field(L, idx, "password", false, fname, i);
+	(void)cred_field(L, idx, "realm", true, fname, i);
+}
+
+
+static int cred_copy(struct cred *cred, lua_State *L, int idx,
+		     const char *fname)
+{
+	const char *realm;
+	int err;
+
+	err  = str_dup(&cred->user, cred_field(L, idx, "user", false,
+						 fname, 0));
+	err |= str_dup(&cred->pass, cred_field(L, idx, "password", false,
+						 fname, 0));
+	realm = cred_field(L, idx, "realm", true, fname, 0);
+	if (realm)
+		err |= str_dup(&cred->realm, realm);
+
+	return err ? ENOMEM : 0;
+}
+
+
+/**
+ * Build client credentials from a Lua value
+ *
+ * The value at idx is nil (no credentials: *credsp = NULL), a table
+ * { user = "...", password = "...", realm = "optional" }, a list of
+ * such tables (one per realm; one without realm matches any), or a
+ * function(realm) -> user, password that is called (synchronously, on
+ * the main thread, must not yield) when a realm is challenged. Wrong
+ * types raise, naming fname and the field. Pass the result to libre as
+ * sip_auth_h argument lsip_auth_handler with aref = true, then
+ * mem_deref your own reference.
+ *
+ * @param credsp Set to the new credentials (or NULL for nil)
+ * @param L      Lua state
+ * @param idx    Stack index of the value
+ * @param fname  Function name for error messages ("call", "register")
+ *
+ * @return 0 if success, otherwise errorcode
+ */
+int lsip_creds_alloc(struct lsip_creds **credsp, lua_State *L, int idx,
+		     const char *fname)
+{
+	struct lsip_creds *creds;
+	lua_Integer i, n = 0;
+	bool list = false;
+	int err = 0;
+
+	if (!credsp || !L)
+		return EINVAL;
+
+	*credsp = NULL;
+	idx = lua_absindex(L, idx);
+
+	switch (lua_type(L, idx)) {
+
+	case LUA_TNONE:
+	case LUA_TNIL:
+		return 0;
+
+	case LUA_TFUNCTION:
+		break;
+
+	case LUA_TTABLE:
+		n = luaL_len(L, idx);
+		list = n > 0;
+		if (!list) {
+			cred_check(L, idx, fname, 0);
+			n = 1;
+			break;
+		}
+		for (i = 1; i <= n; i++) {
+			lua_geti(L, idx, i);
+			cred_check(L, lua_gettop(L), fname, i);
+			lua_pop(L, 1);
+		}
+		break;
+
+	default:
+		return luaL_error(L, "%s: auth: table {user=, password=, "
+				  "realm=}, list of them or function "
+				  "expected, got %s", fname,
+				  luaL_typename(L, idx));
+	}
+
+	/* no raising from here on: everything was checked */
+	creds = mem_zalloc(sizeof(*creds), creds_destructor);
+	if (!creds)
+		return ENOMEM;
+
+	creds->fn = LUA_NOREF;
+
+	if (lua_isfunction(L, idx)) {
+		lua_pushvalue(L, idx);
+		creds->fn = luaL_ref(L, LUA_REGISTRYINDEX);
+		goto out;
+	}
+
+	creds->credv = mem_zalloc((size_t)n * sizeof(*creds->credv), NULL);
+	if (!creds->credv) {
+		err = ENOMEM;
+		goto out;
+	}
+
+	for (i = 1; i <= n && !err; i++) {
+		if (list)
+			lua_geti(L, idx, i);
+		else
+			lua_pushvalue(L, idx);
+
+		err = cred_copy(&creds->credv[creds->credc++], L,
+				lua_gettop(L), fname);
+		lua_pop(L, 1);
+	}
+
+ out:
+	if (err)
+		mem_deref(creds);
+	else
+		*credsp = creds;
+
+	return err;
+}
+
+
+/* call the credentials function on the main thread: fn(realm) */
+static int creds_call(struct lsip_creds *creds, char **user, char **pass,
+		      const char *realm)
+{
+	lua_State *L = lsip_L;
+	int top, err = EAUTH;
+
+	if (!L || !lua_alive || !lua_checkstack(L, 4))
+		return EAUTH;
+
+	top = lua_gettop(L);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, creds->fn);
+	lua_pushstring(L, realm);
+
+	if (lua_pcall(L, 1, 2, 0)) {
+		fprintf(stderr, "luasip: auth: credentials function: %s\n",
+			lua_tostring(L, -1));
+		goto out;
+	}
+
+	if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING) {
+		err  = str_dup(user, lua_tostring(L, -2));
+		err |= str_dup(pass, lua_tostring(L, -1));
+		if (err) {
+			*user = mem_deref(*user);
+			*pass = mem_deref(*pass);
+			err = ENOMEM;
+		}
+	}
+	else if (!lua_isnil(L, -2)) {
+		fprintf(stderr, "luasip: auth: credentials function for "
+			"realm \"%s\": user, password expected, got %s, %s\n",
+			realm, luaL_typename(L, -2), luaL_typename(L, -1));
+	}
+
+ out:
+	lua_settop(L, top);
+	return err;
+}
+
+
+/**
+ * Credentials for a challenged realm (libre's sip_auth_h)
+ *
+ * Runs inside re_main (from sipsess, sipreg, sip_request handlers). A
+ * table entry with the same realm wins over one without realm.
+ *
+ * @param user  Set to a new string with the user name
+ * @param pass  Set to a new string with the password
+ * @param realm Challenged realm
+ * @param arg   struct lsip_creds (may be NULL)
+ *
+ * @return 0 if success, EAUTH if there are no credentials for realm
+ */
+int lsip_auth_handler(char **user, char **pass, const char *realm,
+		      void *arg)
+{
+	struct lsip_creds *creds = arg;
+	const struct cred *any = NULL, *cred = NULL;
+	size_t i;
+	int err;
+
+	if (!creds || !user || !pass || !realm)
+		return EAUTH;
+
+	if (creds->fn != LUA_NOREF)
+		return creds_call(creds, user, pass, realm);
+
+	for (i = 0; i < creds->credc && !cred; i++) {
+		const struct cred *c = &creds->credv[i];
+
+		if (!c->realm && !any)
+			any = c;
+		else if (c->realm && !strcmp(c->realm, realm))
+			cred = c;
+	}
+	if (!cred)
+		cred = any;
+	if (!cred)
+		return EAUTH;
+
+	err  = str_dup(user, cred->user);
+	err |= str_dup(pass, cred->pass);
+	if (err) {
+		*user = mem_deref(*user);
+		*pass = mem_deref(*pass);
+		return ENOMEM;
+	}
+
+	return 0;
+}
+
+
+/* ---- server helpers for lua/luasip/auth.lua ---- */
+
+
+/* core.digest_hash(alg, s) -> lowercase hex */
+static int l_digest_hash(lua_State *L)
+{
+	const char *name = luaL_checkstring(L, 1);
+	size_t n;
+	const char *s = luaL_checklstring(L, 2, &n);
+	const struct digest_alg *alg;
+	uint8_t md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0;
+	char hex[HEX_MAX];
+	struct pl pl;
+
+	pl_set_str(&pl, name);
+	alg = *name ? alg_find(&pl) : NULL;
+	if (!alg)
+		return luaL_error(L, "bad argument #1 to 'digest_hash' (MD5, "
+				  "SHA-256 or SHA-512-256 expected, got "
+				  "\"%s\")", name);
+
+	if (EVP_Digest(s, n, md, &mdlen, alg->md(), NULL) != 1)
+		return lsip_fail(L, EPROTO, "digest_hash");
+
+	hex_encode(hex, md, mdlen);
+	lua_pushstring(L, hex);
+	return 1;
+}
+
+
+/* core.hmac_sha256(key, s) -> 32 raw bytes */
+static int l_hmac_sha256(lua_State *L)
+{
+	size_t kl, n;
+	const char *key = luaL_checklstring(L, 1, &kl);
+	const char *s = luaL_checklstring(L, 2, &n);
+	uint8_t md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0;
+
+	if (!HMAC(EVP_sha256(), key, (int)kl, (const uint8_t *)s, n, md,
+		  &mdlen))
+		return lsip_fail(L, EPROTO, "hmac_sha256");
+
+	lua_pushlstring(L, (const char *)md, mdlen);
+	return 1;
+}
+
+
+/* core.random(n) -> n bytes from OpenSSL's CSPRNG (1..1024) */
+static int l_random(lua_State *L)
+{
+	lua_Integer n = luaL_checkinteger(L, 1);
+	uint8_t buf[1024];
+
+	if (n < 1 || n > (lua_Integer)sizeof(buf))
+		return luaL_error(L, "bad argument #1 to 'random' (1-1024 "
+				  "expected, got %d)", (int)n);
+
+	if (RAND_bytes(buf, (int)n) != 1)
+		return lsip_fail(L, EPROTO, "random");
+
+	lua_pushlstring(L, (const char *)buf, (size_t)n);
+	return 1;
+}
+
+
+/* core.secure_equal(a, b) -> boolean, in time independent of content */
+static int l_secure_equal(lua_State *L)
+{
+	size_t al, bl;
+	const char *a = luaL_checklstring(L, 1, &al);
+	const char *b = luaL_checklstring(L, 2, &bl);
+
+	lua_pushboolean(L, al == bl && !CRYPTO_memcmp(a, b, al));
+	return 1;
+}
+
+
+static const char b64url[] =
+	"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+
+/* core.base64url(s) -> unpadded base64url (RFC 4648 section 5) */
+static int l_base64url(lua_State *L)
+{
+	size_t n, i;
+	const uint8_t *s = (const uint8_t *)luaL_checklstring(L, 1, &n);
+	luaL_Buffer b;
+
+	luaL_buffinit(L, &b);
+	for (i = 0; i + 2 < n; i += 3) {
+		uint32_t v = s[i] << 16 | s[i + 1] << 8 | s[i + 2];
+
+		luaL_addchar(&b, b64url[v >> 18]);
+		luaL_addchar(&b, b64url[(v >> 12) & 63]);
+		luaL_addchar(&b, b64url[(v >> 6) & 63]);
+		luaL_addchar(&b, b64url[v & 63]);
+	}
+	if (n - i == 1) {
+		luaL_addchar(&b, b64url[s[i] >> 2]);
+		luaL_addchar(&b, b64url[(s[i] & 3) << 4]);
+	}
+	else if (n - i == 2) {
+		uint32_t v = s[i] << 8 | s[i + 1];
+
+		luaL_addchar(&b, b64url[v >> 10]);
+		luaL_addchar(&b, b64url[(v >> 4) & 63]);
+		luaL_addchar(&b, b64url[(v << 2) & 63]);
+	}
+
+	luaL_pushresult(&b);
+	return 1;
+}
+
+
+/* core.base64url_decode(s) -> bytes, or nil for anything malformed */
+static int l_base64url_decode(lua_State *L)
+{
+	size_t n, i;
+	const char *s = luaL_checklstring(L, 1, &n);
+	uint32_t v = 0;
+	int bits = 0;
+	luaL_Buffer b;
+
+	if (n % 4 == 1)
+		return 0;
+
+	luaL_buffinit(L, &b);
+	for (i = 0; i < n; i++) {
+		const char *p = s[i] ? strchr(b64url, s[i]) : NULL;
+
+		if (!p)
+			return 0;
+
+		v = v << 6 | (uint32_t)(p - b64url);
+		bits += 6;
+		if (bits >= 8) {
+			bits -= 8;
+			luaL_addchar(&b, (char)((v >> bits) & 0xff));
+		}
+	}
+
+	/* leftover bits of the last character must be zero */
+	if (v & ((1u << bits) - 1))
+		return 0;
+
+	luaL_pushresult(&b);
+	return 1;
+}
+
+
+static int push_param(const struct pl *name, const struct pl *val,
+		      bool quoted, void *arg)
+{
+	lua_State *L = arg;
+	luaL_Buffer b;
+	size_t i;
+
+	/* names in lower case; the first of a repeated name wins */
+	luaL_buffinit(L, &b);
+	for (i = 0; i < name->l; i++)
+		luaL_addchar(&b, (char)tolower((unsigned char)name->p[i]));
+	luaL_pushresult(&b);                      /* t, name */
+
+	lua_pushvalue(L, -1);
+	if (lua_rawget(L, -3) != LUA_TNIL) {
+		lua_pop(L, 2);
+		return 0;
+	}
+	lua_pop(L, 1);
+
+	luaL_buffinit(L, &b);
+	for (i = 0; i < val->l; i++) {
+		if (quoted && val->p[i] == '\\' && i + 1 < val->l)
+			++i;
+		luaL_addchar(&b, val->p[i]);
+	}
+	luaL_pushresult(&b);                      /* t, name, value */
+	lua_rawset(L, -3);
+	return 0;
+}
+
+
+/*
+ * core.digest_parse(value) -> { scheme = "Digest", username = ..., ... }
+ * (names lower case, values unquoted) | nil, "malformed"
+ */
+static int l_digest_parse(lua_State *L)
+{
+	size_t n;
+	const char *s = luaL_checklstring(L, 1, &n);
+	struct pl hval, scheme;
+
+	hval.p = s;
+	hval.l = n;
+
+	lua_createtable(L, 0, 12);
+	if (param_decode(&hval, &scheme, push_param, L)) {
+		lua_pushnil(L);
+		lua_pushliteral(L, "malformed");
+		return 2;
+	}
+
+	lsip_pushpl(L, &scheme);
+	lua_setfield(L, -2, "scheme");
+	return 1;
+}
+
+
+/* core.wallclock() -> seconds since the epoch (float, CLOCK_REALTIME) */
+static int l_wallclock(lua_State *L)
+{
+	struct timespec ts;
+
+	(void)clock_gettime(CLOCK_REALTIME, &ts);
+	lua_pushnumber(L, (lua_Number)ts.tv_sec + ts.tv_nsec / 1e9);
+	return 1;
+}
+
+
+/* __gc of the sentinel: from here on the registry is going away */
+static int l_sentinel_gc(lua_State *L)
+{
+	(void)L;
+
+	lua_alive = false;
+	return 0;
+}
+
+
+/**
+ * Register the digest helpers (core.digest_hash, hmac_sha256, random,
+ * secure_equal, base64url, base64url_decode, digest_parse, wallclock)
+ *
+ * @param L Lua state, module table on top
+ *
+ * @return 0
+ */
+int lsip_open_auth(lua_State *L)
+{
+	static const luaL_Reg funcs[] = {
+		{"digest_hash", l_digest_hash},
+		{"hmac_sha256", l_hmac_sha256},
+		{"random", l_random},
+		{"secure_equal", l_secure_equal},
+		{"base64url", l_base64url},
+		{"base64url_decode", l_base64url_decode},
+		{"digest_parse", l_digest_parse},
+		{"wallclock", l_wallclock},
+		{NULL, NULL}
+	};
+
+	luaL_setfuncs(L, funcs, 0);
+
+	/* once per state; finalized after every box created later */
+	if (lua_getfield(L, LUA_REGISTRYINDEX, "luasip.auth.sentinel") ==
+	    LUA_TNIL) {
+		lua_newuserdatauv(L, 0, 0);       /* mod, nil, ud */
+		lua_newtable(L);
+		lua_pushcfunction(L, l_sentinel_gc);
+		lua_setfield(L, -2, "__gc");
+		lua_setmetatable(L, -2);
+		lua_setfield(L, LUA_REGISTRYINDEX, "luasip.auth.sentinel");
+		lua_alive = true;
+	}
+	lua_pop(L, 1);
+
+	return 0;
+}
