@@ -45,6 +45,7 @@ static int l_sentinel_gc(lua_State *L)
 		/* libre lists the sockets it still holds at exit on stderr
 		 * ("fd N in use"): not news at lua_close, so mute it */
 		dbg_init(DBG_ERR, DBG_NONE);
+		lsip_stack_close();
 		fflush(stderr);
 		fd = dup(STDERR_FILENO);
 		null = open("/dev/null", O_WRONLY);

@@ -65,6 +65,7 @@ int  lsip_msg_index(lua_State *L, const struct sip_msg *msg,
 
 /* stack.c */
 struct lsip_ep;
+void lsip_stack_close(void);
 struct sip *lsip_ep_sip(const struct lsip_ep *ep);
 struct sipsess_sock *lsip_ep_sock(const struct lsip_ep *ep);
 struct lsip_ep *lsip_ep_check(lua_State *L, int idx);

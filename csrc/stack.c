@@ -52,6 +52,81 @@ struct lsip_ep {
 };
 
 
+/*
+ * The last reference to a SIP stack must never be dropped inside one of
+ * its own handlers: a lingering session that ends in a transaction's
+ * response handler would free the stack, and with it that transaction.
+ * A stack whose endpoint is gone waits here, and a timer frees it once
+ * nothing else holds it.
+ */
+static struct list graveyard;
+static struct tmr grave_tmr;
+
+
+static void grave_handler(void *arg)
+{
+	struct le *le = list_head(&graveyard);
+	(void)arg;
+
+	while (le) {
+		struct le *next = le->next;
+		struct sip *sip = le->data;
+
+		if (mem_nrefs(sip) == 1) {
+			list_unlink(le);
+			mem_deref(le);
+			sip_close(sip, false);  /* libre's two-step close */
+			mem_deref(sip);
+		}
+		le = next;
+	}
+
+	if (list_head(&graveyard))
+		tmr_start(&grave_tmr, TEARDOWN_RETRY, grave_handler, NULL);
+}
+
+
+/**
+ * Free every buried SIP stack now (module unload: no handler is running)
+ */
+void lsip_stack_close(void)
+{
+	struct le *le;
+
+	tmr_cancel(&grave_tmr);
+	while ((le = list_head(&graveyard))) {
+		struct sip *sip = le->data;
+
+		list_unlink(le);
+		mem_deref(le);
+		/* ends lingering transactions: their owners let go */
+		sip_close(sip, true);
+		if (mem_nrefs(sip) == 1)
+			sip_close(sip, false);
+		mem_deref(sip);
+	}
+}
+
+
+static void sip_bury(struct sip *sip)
+{
+	struct le *le;
+
+	if (!sip)
+		return;
+
+	le = mem_zalloc(sizeof(*le), NULL);
+	if (!le) {
+		mem_deref(sip);  /* out of memory: the old, unsafe way */
+		return;
+	}
+
+	list_append(&graveyard, le, sip);
+	if (!tmr_isrunning(&grave_tmr))
+		tmr_start(&grave_tmr, 0, grave_handler, NULL);
+}
+
+
 static void ep_destructor(void *arg)
 {
 	struct lsip_ep *ep = arg;
@@ -60,9 +135,7 @@ static void ep_destructor(void *arg)
 	mem_deref(ep->lsnr);
 	mem_deref(ep->rlsnr);
 	mem_deref(ep->sock);
-	if (ep->sip)
-		sip_close(ep->sip, false);
-	mem_deref(ep->sip);
+	sip_bury(ep->sip);
 	mem_deref(ep->dnsc);
 	mem_deref(ep->tls);
 	mem_deref(ep->user);

