@@ -105,7 +105,7 @@ end
 local function make_authz(p)
     local alg = p.alg or "SHA-256"
     local ha1 = sip.auth.ha1(p.user or "alice", p.realm or REALM, p.password or "secret", alg)
-    local ha2 = sip.auth.hash(alg, (p.method or "MESSAGE") .. ":" .. p.uri)
+    local ha2 = sip.auth.hash(alg, (p.method or "MESSAGE") .. ":" .. (p.digest_uri or p.uri))
     local fields = {
         ('username="%s"'):format(p.user or "alice"),
         ('realm="%s"'):format(p.realm or REALM),
@@ -477,6 +477,29 @@ describe("luasip.auth", function()
                     other = sip.auth.parse(resp:header("WWW-Authenticate")).nonce
                     return other
                 end)() })
+            end)
+        end)
+
+        it("accepts another digest uri only with check_uri = false", function()
+            run(function()
+                local a, b, uri = pair()
+                local strict = true
+                b:on("MESSAGE", function(req)
+                    local user, why = req:authenticate(USERS, { realm = REALM, check_uri = strict })
+                    if user then return req:reply(200) end
+                    if why == "missing" then return req:challenge { realm = REALM } end
+                    req:reply(403, why)
+                end)
+                local ch = get_challenge(a, uri)
+                local function send(nc)
+                    local authz = make_authz { uri = uri, digest_uri = uri:gsub("^sip:[^@]*@", "sip:"),
+                                               nonce = ch.nonce, opaque = ch.opaque, nc = nc }
+                    local r, err = message(a, uri, nil, { headers = { Authorization = authz } })
+                    return r and "ok" or err
+                end
+                assert.equal("403 uri mismatch", send("00000001"))
+                strict = false
+                assert.equal("ok", send("00000002"))
             end)
         end)
 

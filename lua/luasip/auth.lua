@@ -203,7 +203,9 @@ local function verify(obj, lookup, opts, fname)
         return nil, "bad nonce"
     end
     local ruri = obj.uri
-    if not ruri or uri ~= ruri.raw then return nil, "uri mismatch" end
+    if not ruri or (uri ~= ruri.raw and opts.check_uri ~= false) then
+        return nil, "uri mismatch"
+    end
 
     local known
     if ltype == "function" then known = lookup(user, realm) else known = lookup[user] end
@@ -304,7 +306,9 @@ end
 -- for an unknown user; a table `{ [user] = password or {...} }` works too.
 -- @tparam function|table lookup
 -- @tparam table opts `realm` (required), `proxy`, `algorithms` (accepted;
---   default: all of "SHA-512-256", "SHA-256", "MD5"), `secret`
+--   default: all of "SHA-512-256", "SHA-256", "MD5"), `secret`,
+--   `check_uri` (default true; false accepts a digest uri other than the
+--   Request-URI, as sipp 3.6 sends "sip:host:port")
 -- @return the user name, or nil, reason: "missing" (no credentials for the
 --   realm), "malformed", "bad algorithm", "bad nonce" (not issued here or
 --   for another realm), "uri mismatch", "unknown user", "wrong password",
