@@ -28,6 +28,9 @@ static const struct {
 	{"proxy", lsip_open_proxy},
 	{"auth", lsip_open_auth},
 	{"reg", lsip_open_reg},
+	{"media", lsip_open_media},
+	{"redis", lsip_open_redis},
+	{"srtp", lsip_open_srtp},
 };
 
 

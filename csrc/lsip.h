@@ -32,6 +32,9 @@
 #define LSIP_CALL_MT   "luasip.call"
 #define LSIP_FWD_MT    "luasip.forward"
 #define LSIP_REG_MT    "luasip.reg"
+#define LSIP_MEDIA_MT  "luasip.media"
+#define LSIP_REDIS_MT  "luasip.redis"
+#define LSIP_SRTP_MT   "luasip.srtp"
 
 
 /* main thread; set once at open time, used by every libre handler */
@@ -110,6 +113,31 @@ void lsip_mem_activity(void);
 uint32_t lsip_tmr_count(void);
 int lsip_tmr_close(void);
 
+/*
+ * srtp.c: SRTP/SRTCP via libsrtp2 (one direction per session; release
+ * with mem_deref), SDES a=crypto values (RFC 4568) and the per-call
+ * policy. Errors are errno values; see srtp.c for the mapping.
+ */
+enum { LSIP_SRTP_KEYLEN = 30 };      /* master key (16) + salt (14) */
+enum lsip_srtp_policy {
+	LSIP_SRTP_OFF,
+	LSIP_SRTP_OPTIONAL,
+	LSIP_SRTP_MANDATORY,
+};
+struct lsip_srtp;
+int lsip_srtp_alloc(struct lsip_srtp **sp, const char *suite,
+		    const uint8_t *key, size_t keylen, bool outbound);
+int lsip_srtp_protect(struct lsip_srtp *s, struct mbuf *mb);
+int lsip_srtp_unprotect(struct lsip_srtp *s, struct mbuf *mb);
+int lsip_srtp_protect_rtcp(struct lsip_srtp *s, struct mbuf *mb);
+int lsip_srtp_unprotect_rtcp(struct lsip_srtp *s, struct mbuf *mb);
+int lsip_sdes_make(char **linep, int tag, const char *suite,
+		   uint8_t key[LSIP_SRTP_KEYLEN]);
+int lsip_sdes_parse(const struct pl *attr, int *tag, char *suite,
+		    size_t suitesz, uint8_t key[LSIP_SRTP_KEYLEN]);
+int lsip_srtp_negotiate(enum lsip_srtp_policy pol, const char *offer_proto,
+			bool offer_has_crypto);
+
 /* one open function per part, called by core.c with the module on top */
 int lsip_open_util(lua_State *L);
 int lsip_open_loop(lua_State *L);
@@ -120,3 +148,6 @@ int lsip_open_call(lua_State *L);
 int lsip_open_proxy(lua_State *L);
 int lsip_open_auth(lua_State *L);
 int lsip_open_reg(lua_State *L);
+int lsip_open_media(lua_State *L);
+int lsip_open_redis(lua_State *L);
+int lsip_open_srtp(lua_State *L);

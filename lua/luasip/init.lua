@@ -6,6 +6,7 @@
 
 local core = require "luasip.core"
 local sched = require "luasip.sched"
+local media = require "luasip.media"
 
 local type, tostring, error, select = type, tostring, error, select
 local wait, deadline, remaining = sched.wait, sched.deadline, sched.remaining
@@ -166,6 +167,7 @@ local function ep_event(ep, ev, obj)
     elseif ev == "invite" then
         local fn = state.handlers.INVITE
         if fn then
+            media.bind(obj, ep)
             sched.spawn_owner(obj, fn)
         else
             obj:reject(405, "Method Not Allowed", { Allow = allow_list(state) })
@@ -192,12 +194,15 @@ end
 --   port 0 picks a free port), `user` (Contact user, default "luasip"),
 --   `from` (default From URI), `user_agent`, `tls` = { cert, key, ca,
 --   verify (default true) }, `proxy` (true: INVITEs arrive as requests,
---   to `req:forward()`, instead of calls)
+--   to `req:forward()`, instead of calls), `rtp_ports` ({ min, max } for
+--   media calls, default { 10000, 20000 })
 -- @return endpoint, or nil, message, code
 function _M.endpoint(opts)
     if type(opts) ~= "table" then argerror("endpoint", 1, "table", type(opts)) end
+    media.set_endpoint(nil, opts)             -- rtp_ports
     local ep, err, code = core.endpoint(opts)
     if not ep then return nil, err, code end
+    media.set_endpoint(ep, opts)
     eps[ep] = { handlers = {} }
     sched.set_handler(ep, ep_event)
     return ep
@@ -357,8 +362,13 @@ end
 --   `auth` (digest credentials for 401/407: `{ user =, password =,
 --   realm = }`, a list of those, or function(realm) -> user, password),
 --   `follow_redirects` (n: on a 3xx call its best Contact not yet tried,
---   at most n times; default 0)
--- @return call, or nil, message, code (code: SIP status or errno)
+--   at most n times; default 0), `media` (true: offer RTP audio and run
+--   it from the answer on, see luasip.media), `codecs` (with media:
+--   { "PCMU", "PCMA" } in order of preference), `symmetric` (latch RTP
+--   to the first source), `direction` ("sendrecv", ...),
+--   `telephone_event` (false: no RFC 4733, digits detected in-band)
+-- @return call, or nil, message, code (code: SIP status or errno;
+--   488 when the answer has no codec we allow)
 function EP.call(ep, uri, opts)
     if type(uri) ~= "string" then argerror("call", 1, "SIP URI string", type(uri)) end
     opts = check_opts("call", opts, 2)
@@ -370,16 +380,35 @@ function EP.call(ep, uri, opts)
     if not sched.current() then
         error("luasip.call: must be called from a task (use luasip.spawn)", 2)
     end
+    local m, body = nil, opts.body
+    if opts.media then                          -- luasip.media: SDP offer
+        local merr, mcode
+        m, merr, mcode = media.offer(ep, opts)
+        if not m then return nil, merr, mcode end
+        body = merr
+    end
     ::dial::
     local call, err, code = core.call(ep, uri, opts.from, opts.display,
-                                      opts.headers, opts.body, opts.content_type,
+                                      opts.headers, body, opts.content_type,
                                       opts.auth)
-    if not call then return nil, err, code end
+    if not call then
+        if m then m:close() end
+        return nil, err, code
+    end
     sched.own(call)
     if opts.on_progress then sched.on(call, "progress", opts.on_progress) end
     while true do
         local st = call.state
-        if st == "established" then return call end
+        if st == "early" and m and call.remote_sdp and not call.media then
+            media.answered(call, m, true)      -- early media (183 with SDP)
+        end
+        if st == "established" then
+            if m then
+                local ok, merr, mcode = media.answered(call, m)
+                if not ok then call:hangup(); return nil, merr, mcode end
+            end
+            return call
+        end
         if st == "closed" then
             sched.disown(call)
             local nxt = redirects > 0 and redirect_target(call, tried)
@@ -387,10 +416,12 @@ function EP.call(ep, uri, opts)
                 redirects, uri, tried[nxt] = redirects - 1, nxt, true
                 goto dial
             end
+            if m then m:close() end
             return closed_result(call)
         end
         local ev = wait(call, remaining(dl), "luasip.call")
         if ev == "timeout" then
+            if m then m:close() end
             call:hangup()                      -- CANCEL
             sched.disown(call)
             return nil, "timeout", ETIMEDOUT
@@ -411,17 +442,29 @@ end
 
 
 --- Send 183 Session Progress (with an SDP body for early media).
--- @tparam[opt] table opts `headers`, `body`
+-- @tparam[opt] table opts `headers`, `body`, or `media = true` (and
+--   `codecs`) to answer the offer and start early media
 -- @return true, or nil, message, code
 function CALL.progress(call, opts)
     opts = check_opts("progress", opts)
-    return call:_provisional(183, opts.reason or "Session Progress", opts.headers, opts.body)
+    local body = opts.body
+    if opts.media then                          -- early media (luasip.media)
+        local err, code
+        body, err, code = media.answer_sdp(call, opts)
+        if not body then return nil, err, code end
+    end
+    local ok, err, code = call:_provisional(183, opts.reason or "Session Progress", opts.headers, body)
+    if ok and opts.media then media.start(call) end
+    return ok, err, code
 end
 
 
 --- Answer an incoming call with 200 OK and wait for the ACK.
 -- @tparam[opt] table opts `body` (SDP answer), `headers`, `timeout`
---   (seconds to wait for the ACK, default 32)
+--   (seconds to wait for the ACK, default 32), `media` (true: answer the
+--   INVITE's SDP offer with RTP audio and start it when established; an
+--   offer without a common codec gets 488), `codecs` ({ "PCMU", "PCMA" }:
+--   allowed, the offerer's order decides), `symmetric`, `direction`
 -- @return call, or nil, message, code ("hangup"/"cancelled"/"timeout")
 function CALL.answer(call, opts)
     opts = check_opts("answer", opts)
@@ -429,14 +472,26 @@ function CALL.answer(call, opts)
     if not sched.current() then
         error("luasip.answer: must be called from a task (use luasip.spawn)", 2)
     end
-    local ok, err, code = call:_answer(opts.headers, opts.body)
+    local body = opts.body
+    if opts.media then                          -- SDP answer (luasip.media)
+        local merr, mcode
+        body, merr, mcode = media.answer_sdp(call, opts)
+        if not body then
+            if mcode == 488 then call:reject(488, "Not Acceptable Here") end
+            return nil, merr, mcode
+        end
+    end
+    local ok, err, code = call:_answer(opts.headers, body)
     if not ok then
         if call.state == "closed" then return closed_result(call) end
         return nil, err, code
     end
     while true do
         local st = call.state
-        if st == "established" then return call end
+        if st == "established" then
+            if opts.media then media.start(call) end
+            return call
+        end
         if st == "closed" then return closed_result(call) end
         local ev = wait(call, remaining(dl), "luasip.answer")
         if ev == "timeout" then return nil, "timeout", ETIMEDOUT end
