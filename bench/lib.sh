@@ -24,6 +24,19 @@ BENCH_FAKE_LUASIP=${BENCH_FAKE_LUASIP:-0}
 LUAP="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;;"
 LUACP="$ROOT/build/?.so;;"
 
+# Kamailio, the reference server of bench/proxy.sh and bench/register.sh
+# (Debian: kamailio + kamailio-lua-modules; bench only, see check_kamailio).
+# -DD: stay in the foreground but fork the -n SIP worker processes (a
+# single -D is Kamailio's no-fork mode: the main process alone handles
+# SIP and -n is ignored).  -x fm: the fast shm allocator; Debian's
+# default (qm) is the debugging one.  -m 1024 (MB of shared memory): tm
+# keeps each transaction for a while after it ends, and with -m 256 the
+# proxy ran out of shared memory at 2000 calls/s ("out of mem" from tm,
+# calls failed); 1024 holds about 6000 calls/s.
+KAMAILIO=${KAMAILIO:-kamailio}
+KAMAILIO_ARGS=${BENCH_KAMAILIO_ARGS:--DD -E -x fm -M 64 -m 1024 -n 2}
+KAMAILIO_MODDIR=${KAMAILIO_MODDIR:-/usr/lib/x86_64-linux-gnu/kamailio/modules}
+
 BENCH_PIDS=()
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -48,6 +61,29 @@ check_luasip_built() {
         die "$ROOT/examples/answer.lua is missing"
     need_cmd "$LUA"
 }
+
+# Kamailio with app_lua, for the reference runs.  Returns 1 (after saying
+# how to install it) when it is missing, so a caller can skip the run.
+check_kamailio() {
+    if ! command -v "$KAMAILIO" >/dev/null 2>&1; then
+        log "kamailio not found: install it with 'apt-get install kamailio kamailio-lua-modules' (bench only)"
+        return 1
+    fi
+    if [[ ! -f $KAMAILIO_MODDIR/app_lua.so ]]; then
+        log "$KAMAILIO_MODDIR/app_lua.so not found: install it with 'apt-get install kamailio-lua-modules' (bench only)"
+        return 1
+    fi
+    return 0
+}
+
+# server_oom LOGFILE: lines in a server log saying it ran out of memory
+# (Kamailio: "out of mem", "could not allocate shared memory", "no more
+# shm/pkg memory"): a too small -m/-M, not the server's speed, failed calls.
+server_oom() {
+    grep -cE 'out of mem|could not allocate (shared|private) memory|no more (shm|pkg)' "$1" 2>/dev/null || true
+}
+
+kamailio_version() { "$KAMAILIO" -v 2>/dev/null | awk '/^version:/ { print $3; exit }'; }
 
 # ---------------------------------------------------------------- processes
 
@@ -161,8 +197,63 @@ server_cmd() {
             "$LUA" "$ROOT/examples/answer.lua" "$base")
         SERVER_READY=listening
         ;;
-    *) die "unknown server kind '$kind' (want luasip or sipp-uas)" ;;
+    luasip-proxy)
+        # examples/proxy.lua PORT TARGET SECONDS; it serves until killed
+        SERVER_CMD=(env "LUA_PATH=$LUAP" "LUA_PATH_5_4=$LUAP"
+            "LUA_CPATH=$LUACP" "LUA_CPATH_5_4=$LUACP"
+            "$LUA" "$ROOT/examples/proxy.lua" "$base" "$SERVER_TARGET" 86400)
+        SERVER_READY=listening
+        ;;
+    luasip-registrar)
+        SERVER_CMD=(env "LUA_PATH=$LUAP" "LUA_PATH_5_4=$LUAP"
+            "LUA_CPATH=$LUACP" "LUA_CPATH_5_4=$LUACP"
+            "$LUA" "$BENCH_DIR/luasip/registrar.lua" "$base" "$SERVER_USERS" "$SERVER_AUTH")
+        SERVER_READY=listening
+        ;;
+    kamailio-proxy | kamailio-registrar)
+        local role=${kind#kamailio-} envs=()
+        if [[ $role == proxy ]]; then
+            envs=("BENCH_TARGET=$SERVER_TARGET")
+        else
+            envs=("BENCH_AUTH=$([[ $SERVER_AUTH == auth ]] && echo 1 || echo 0)"
+                "BENCH_USERS=$SERVER_USERS")
+        fi
+        mkdir -p "$BENCH_OUT/kamailio-run"
+        # shellcheck disable=SC2206
+        SERVER_CMD=(env "${envs[@]}" "$KAMAILIO" -f "$BENCH_DIR/kamailio/$role.cfg"
+            $KAMAILIO_ARGS -l "udp:$BENCH_IP:$base" -Y "$BENCH_OUT/kamailio-run"
+            -A "KEMI_SCRIPT=\"$BENCH_DIR/kamailio/$role.lua\"")
+        SERVER_READY=ping
+        ;;
+    *) die "unknown server kind '$kind' (want luasip, sipp-uas, luasip-proxy, luasip-registrar, kamailio-proxy or kamailio-registrar)" ;;
     esac
+}
+
+# sip_ping PORT: 0 when an OPTIONS to udp:127.0.0.1:PORT gets any SIP
+# response within 0.5 s (a Kamailio worker has loaded its KEMI script).
+# Uses LuaSocket (lua-socket, a test dependency).
+sip_ping() {
+    "$LUA" - "$BENCH_IP" "$1" 2>/dev/null <<'EOF'
+local socket = require "socket"
+local ip, port = arg[1], tonumber(arg[2])
+local u = assert(socket.udp())
+assert(u:setsockname(ip, 0))
+local _, lport = u:getsockname()
+u:settimeout(0.5)
+math.randomseed(os.time())
+local id = math.random(1, 1e9)
+local msg = table.concat({
+    ("OPTIONS sip:ping@%s:%d SIP/2.0"):format(ip, port),
+    ("Via: SIP/2.0/UDP %s:%d;branch=z9hG4bK-ping%d;rport"):format(ip, lport, id),
+    "Max-Forwards: 70",
+    ("From: <sip:bench@%s:%d>;tag=%d"):format(ip, lport, id),
+    ("To: <sip:ping@%s:%d>"):format(ip, port),
+    ("Call-ID: ping-%d@%s"):format(id, ip),
+    "CSeq: 1 OPTIONS", "Content-Length: 0", "", "" }, "\r\n")
+assert(u:sendto(msg, ip, port))
+local r = u:receive()
+os.exit(r and r:match("^SIP/2%.0 %d%d%d") and 0 or 1)
+EOF
 }
 
 server_label() {  # human label for reports
@@ -175,31 +266,70 @@ server_label() {  # human label for reports
 
 # start_server KIND PORT_BASE LOGFILE: sets SERVER_PID; waits until ready.
 start_server() {
-    local kind=$1 base=$2 logf=$3 i
+    local kind=$1 base=$2 logf=$3
     server_cmd "$kind" "$base"
     log "starting $(server_label "$kind"): ${SERVER_CMD[*]}"
     # `env` execs the interpreter, so $! is the server process itself.
     "${SERVER_CMD[@]}" >"$logf" 2>&1 </dev/null &
     SERVER_PID=$!
     track_pid "$SERVER_PID"
-    for ((i = 0; i < 100; i++)); do
+    # ready within 10 s (a ping that gets no answer takes 0.5 s itself)
+    local deadline=$(($(now_ns) + 10000000000)) ready=0
+    while (($(now_ns) < deadline)); do
         kill -0 "$SERVER_PID" 2>/dev/null ||
             die "server exited during start-up; see $logf: $(tail -5 "$logf")"
         if [[ $SERVER_READY == listening ]]; then
-            grep -q listening "$logf" && break
+            grep -q listening "$logf" && { ready=1; break; }
+        elif [[ $SERVER_READY == ping ]]; then
+            # three answers in a row: every worker is likely past its init
+            sip_ping "$base" && sip_ping "$base" && sip_ping "$base" && { ready=1; break; }
         else
-            ss -Hlun "sport = :$base" | grep -q . && break
+            ss -Hlun "sport = :$base" | grep -q . && { ready=1; break; }
         fi
         sleep 0.1
     done
-    ((i < 100)) || die "server not ready after 10 s; see $logf"
+    ((ready)) || die "server not ready after 10 s; see $logf"
+    # a forking server (Kamailio): its processes, so that CPU and memory
+    # are counted for all of them and each is killed by its PID at the end
+    SERVER_PIDS=("$SERVER_PID")
+    local c
+    for c in $(ps -o pid= --ppid "$SERVER_PID"); do
+        SERVER_PIDS+=("$c")
+        track_pid "$c"
+    done
     # the PID must be the server itself, not a wrapper
-    log "server pid $SERVER_PID ($(cat "/proc/$SERVER_PID/comm")) ready on udp:$BENCH_IP:$base"
+    log "server pid $SERVER_PID ($(cat "/proc/$SERVER_PID/comm"), ${#SERVER_PIDS[@]} process(es)) ready on udp:$BENCH_IP:$base"
 }
 
 stop_server() {
-    kill_pid "$SERVER_PID"
-    untrack_pid "$SERVER_PID"
+    local p
+    for p in "${SERVER_PIDS[@]:-$SERVER_PID}"; do   # main first: it stops its children
+        kill_pid "$p"
+        untrack_pid "$p"
+    done
+    SERVER_PIDS=()
+}
+
+# server_ticks: utime+stime of all the server's processes, in clock ticks
+# (a process that is gone counts 0).
+server_ticks() {
+    local p t=0 c
+    for p in "${SERVER_PIDS[@]}"; do
+        c=$(cpu_ticks "$p" 2>/dev/null) || c=0
+        t=$((t + c))
+    done
+    echo "$t"
+}
+
+# server_pss_kb: proportional set size of all the server's processes (kB);
+# for Kamailio this counts its shared memory once, not once per process.
+server_pss_kb() {
+    local p t=0 c
+    for p in "${SERVER_PIDS[@]}"; do
+        c=$(awk '/^Pss:/ { print $2; exit }' "/proc/$p/smaps_rollup" 2>/dev/null) || c=0
+        t=$((t + ${c:-0}))
+    done
+    echo "$t"
 }
 
 # ---------------------------------------------------------------- sipp uac

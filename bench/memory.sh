@@ -14,7 +14,7 @@
 #  churn: another fresh server.  RSS at start; BENCH_WARMUP_CALLS (5,000)
 #         short calls (sipp's built-in uac, INVITE-200-ACK-BYE) at
 #         BENCH_MEM_RATE calls/s; RSS after warm-up; BENCH_CHURN_CALLS
-#         (100,000) more calls at the same rate; RSS BENCH_SETTLE_SECS (45) s
+#         (100,000) more calls at the same rate; RSS BENCH_SETTLE_SECS (60) s
 #         after the last one, when its transactions have expired.
 #         Reported relative to both baselines:
 #           pct_vs_start  -- the wording ("within 5% of its start");
@@ -41,7 +41,7 @@ HOLD_RATE=${BENCH_HOLD_RATE:-500}
 HOLD_MS=${BENCH_HOLD_MS:-12000}
 WARMUP_CALLS=${BENCH_WARMUP_CALLS:-5000}
 CHURN_CALLS=${BENCH_CHURN_CALLS:-100000}
-SETTLE_SECS=${BENCH_SETTLE_SECS:-45}
+SETTLE_SECS=${BENCH_SETTLE_SECS:-60}
 RATE=${BENCH_MEM_RATE:-2000}
 CALL_LIMIT=${BENCH_CALL_LIMIT:-2000}
 UAC_BUFF=${BENCH_UAC_BUFF:-4194304}

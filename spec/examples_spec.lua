@@ -34,6 +34,36 @@ describe("examples", function()
         assert.matches("rc=0", out)
     end)
 
+    it("echo.lua answers with media and echoes the caller's audio back", function()
+        local port = h.free_port()
+        local out = run(ENV .. "lua5.4 examples/echo.lua " .. port .. " 1")
+        assert.matches("echo listening on sip:echo@127.0.0.1:" .. port, out, 1, true)
+        local sent, got = out:match("self test: sent (%d+) packets, received (%d+)")
+        assert.truthy(sent, out)
+        assert.is_true(tonumber(sent) >= 40 and tonumber(got) >= 40, out)
+        assert.matches("echo call ended:%s+interrupted%s+#", out)
+        assert.matches("echoed 1 calls", out, 1, true)
+        assert.matches("rc=0", out)
+        assert.not_matches("task error", out)
+    end)
+
+    it("ivr_menu.lua takes a digit, records a message ended by # and hangs up", function()
+        local port = h.free_port()
+        local out = run(ENV .. "lua5.4 examples/ivr_menu.lua " .. port .. " 1")
+        assert.matches("ivr listening on sip:ivr@127.0.0.1:" .. port, out, 1, true)
+        assert.matches("ivr: caller chose%s+2", out)
+        local path, secs = out:match("ivr: recorded (%S+%.wav): ([%d%.]+) s %(dtmf%)")
+        assert.truthy(path, out)
+        if path then
+            os.remove(path)
+            os.remove((path:gsub("%.wav$", "")))
+        end
+        assert.is_true(tonumber(secs) >= 0.8 and tonumber(secs) < 2, out)
+        assert.matches("caller: IVR ended the call:%s+hangup", out)
+        assert.matches("rc=0", out)
+        assert.not_matches("task error", out)
+    end)
+
     it("register.lua registers alice with digest auth, finds and removes her", function()
         local port = h.free_port()
         local out = run(ENV .. "lua5.4 examples/register.lua " .. port)
@@ -51,5 +81,43 @@ describe("examples", function()
             .. ", forwarding to sip:x@127.0.0.1:9", out, 1, true)
         assert.matches("forwarded 0 calls, 0 failed", out)
         assert.matches("rc=0", out)
+    end)
+
+    it("router.lua registers with digest auth, routes to bindings and the gateway, 404s the rest", function()
+        local port, log, pid = h.free_port(), os.tmpname(), nil
+        local ok, err = pcall(h.run, function()
+            local phone, caller, gw = h.endpoint { user = "phone" }, h.endpoint(), h.endpoint { user = "gw" }
+            for _, ep in ipairs { phone, gw } do
+                ep:on("INVITE", function(call) assert(call:answer()); call:wait_hangup(5) end)
+            end
+            pid = h.spawn_process(ENV .. ("lua5.4 examples/router.lua %d %s 15"):format(
+                port, gw:uri():match("@(.*)$")), log)
+            local dl = h.sip.now() + 5
+            while not (h.readfile(log) or ""):match("listening") and h.sip.now() < dl do h.sip.sleep(0.05) end
+            local router, alice = "sip:127.0.0.1:" .. port, "sip:alice@127.0.0.1:" .. port
+            local reg = assert(phone:register { registrar = router, aor = "sip:alice@127.0.0.1",
+                                                user = "alice", password = "wonderland" })
+            assert.is_true(reg:wait(3))
+            local bad = assert(caller:register { registrar = router, aor = "sip:bob@127.0.0.1",
+                                                 user = "bob", password = "wrong" })
+            local code = select(3, bad:wait(3))
+            assert.truthy(code == 401 or code == 403, tostring(code))
+            assert(caller:call(alice, { timeout = 5 })):hangup()
+            assert.same({ nil, "404 Not Found", 404 }, { caller:call(router:gsub(":", ":nobody@", 1), { timeout = 5 }) })
+            local number = router:gsub(":", ":0123@", 1)
+            assert.equal(407, select(3, caller:call(number, { timeout = 5 })))
+            assert(caller:call(number, { timeout = 5, auth = { user = "bob", password = "builder" } })):hangup()
+            bad:close()
+            reg:close()
+            h.sip.sleep(0.2)
+        end, 15)
+        h.kill(pid)
+        local out = h.readfile(log) or ""
+        os.remove(log)
+        assert(ok, tostring(err) .. "\n" .. out)
+        assert.matches("sip:alice@127.0.0.1: 1 contact(s) sip:phone@", out, 1, true)
+        assert.matches("call alice -> 1 contact(s): 200 OK", out, 1, true)
+        assert.matches("call bob -> gateway 0123: 200 OK", out, 1, true)
+        assert.not_matches("task error", out)
     end)
 end)

@@ -1,0 +1,245 @@
+-- Interop with baresip (Debian's baresip-core 1.0.0, itself on libre
+-- 1.1.0) through examples/router.lua: baresip registers as alice with
+-- digest auth, a luasip caller calls her through the router and baresip
+-- answers by itself (answermode=auto); driven over its ctrl_tcp socket,
+-- baresip calls a luasip phone registered as bob and a number the router
+-- sends to a luasip gateway after a 407 challenge. Signalling is what is
+-- asserted; baresip sends a sine tone and plays into a WAV file.
+-- baresip runs headless with a config directory made here (no stdio UI,
+-- stdin closed) and its own time limit (-t).
+local h = require "spec.helper"
+local sip = h.sip
+
+local ENV = "env LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/?.so;;' "
+local MODDIR = "/usr/lib/baresip/modules"
+local MODULES = { "g711", "ausine", "aufile", "account", "menu", "ctrl_tcp" }
+
+local has_socket, socket = pcall(require, "socket")
+
+
+local function missing()
+    if not os.execute("command -v baresip >/dev/null 2>&1") then
+        return "baresip is not installed (apt-get install baresip-core)"
+    end
+    if not has_socket then return "LuaSocket is missing (apt-get install lua-socket)" end
+    for _, m in ipairs(MODULES) do
+        if not io.open(MODDIR .. "/" .. m .. ".so") then
+            return "baresip module " .. m .. ".so not found in " .. MODDIR
+        end
+    end
+end
+
+
+-- a port free for UDP and TCP, with the next one free too (baresip also
+-- binds sip_listen's port + 1)
+local function free_ports()
+    for _ = 1, 50 do
+        local p = h.free_port()
+        local socks, ok = {}, p < 65535
+        for _, port in ipairs { p, p + 1 } do
+            for _, mk in ipairs { socket.udp, socket.tcp } do
+                local s = mk()
+                socks[#socks + 1] = s
+                if not s:setsockname("127.0.0.1", port) then ok = false end
+            end
+        end
+        for _, s in ipairs(socks) do s:close() end
+        if ok then return p end
+    end
+    error("no free pair of ports")
+end
+
+
+local function write(path, s)
+    local f = assert(io.open(path, "w"))
+    f:write(s)
+    f:close()
+end
+
+
+-- wait (yielding) until fn() is truthy or seconds pass; returns its value
+local function wait_until(fn, seconds)
+    local dl = sip.now() + seconds
+    repeat
+        local v = fn()
+        if v then return v end
+        sip.sleep(0.05)
+    until sip.now() > dl
+    return fn()
+end
+
+
+-- router + baresip (alice) on fresh ports; gateway: host:port for numbers
+local function start(gateway)
+    local w, taken = {}, {}
+    for _, k in ipairs { "rport", "bport", "cport" } do
+        repeat w[k] = free_ports() until not (taken[w[k]] or taken[w[k] + 1])
+        taken[w[k]], taken[w[k] + 1] = true, true
+    end
+    w.dir = os.tmpname()
+    os.remove(w.dir)
+    assert(os.execute("mkdir -m 700 " .. w.dir))
+    w.rlog, w.blog = w.dir .. "/router.log", w.dir .. "/baresip.log"
+    write(w.dir .. "/config", table.concat({
+        "poll_method epoll",
+        "sip_listen 127.0.0.1:" .. w.bport,
+        "audio_source ausine,440",
+        "ausrc_srate 48000", "ausrc_channels 2",  -- all that ausine makes
+        "audio_player aufile," .. w.dir .. "/play.wav",
+        "audio_alert aufile," .. w.dir .. "/alert.wav",
+        "module_path " .. MODDIR,
+        "module g711.so", "module ausine.so", "module aufile.so",
+        "module_tmp account.so",
+        "module_app menu.so", "module_app ctrl_tcp.so",
+        "ctrl_tcp_listen 127.0.0.1:" .. w.cport,
+        "" }, "\n"))
+    write(w.dir .. "/accounts", ("<sip:alice@127.0.0.1:%d>;auth_pass=wonderland;answermode=auto\n")
+        :format(w.rport))
+    w.router = h.spawn_process(ENV .. ("lua5.4 examples/router.lua %d %s 40"):format(
+        w.rport, gateway or "127.0.0.1:9"), w.rlog)
+    -- the router must listen before baresip's first REGISTER
+    local dl = os.time() + 5
+    while not (h.readfile(w.rlog) or ""):match("listening") and os.time() <= dl do
+        os.execute("sleep 0.05")
+    end
+    w.baresip = h.spawn_process(("baresip -f %s -t 35"):format(w.dir), w.blog)
+    return w
+end
+
+
+local function stop(w)
+    h.kill(w.baresip)
+    h.kill(w.router)
+    local out = ("--- router:\n%s--- baresip:\n%s"):format(
+        h.readfile(w.rlog) or "", h.readfile(w.blog) or "")
+    os.execute("sleep 0.1; rm -rf " .. w.dir)
+    return out
+end
+
+
+-- baresip's ctrl_tcp: netstring-framed JSON commands, responses and events
+local function ctrl_connect(port)
+    local c
+    local connected = wait_until(function()
+        c = socket.tcp()
+        if c:connect("127.0.0.1", port) then return true end
+        c:close()
+    end, 5)
+    assert(connected, "baresip's ctrl_tcp did not accept a connection")
+    c:settimeout(0)
+    local ctl = { buf = "" }
+    function ctl.send(command, params)
+        local js = ('{"command":"%s","params":"%s","token":"t"}'):format(command, params or "")
+        assert(c:send(#js .. ":" .. js .. ","))
+    end
+    -- wait for a message matching pattern (plain), read so far or arriving
+    function ctl.expect(pattern, seconds)
+        return wait_until(function()
+            local data, _, partial = c:receive(65536)
+            ctl.buf = ctl.buf .. (data or partial or "")
+            local i = ctl.buf:find(pattern, 1, true)
+            if i then
+                local msg = ctl.buf:sub(1, ctl.buf:find(",", i, true) or -1)
+                ctl.buf = ctl.buf:sub(#msg + 1)
+                return msg
+            end
+        end, seconds)
+    end
+    ctl.close = function() c:close() end
+    return ctl
+end
+
+
+-- a minimal audio offer; RTP goes to a port nobody reads
+local function sdp(port)
+    return table.concat({ "v=0", "o=- 1 1 IN IP4 127.0.0.1", "s=-", "c=IN IP4 127.0.0.1",
+        "t=0 0", "m=audio " .. port .. " RTP/AVP 0", "a=rtpmap:0 PCMU/8000", "a=sendrecv", "" }, "\r\n")
+end
+
+
+describe("interop with baresip through examples/router.lua", function()
+    local why = missing()
+    if why then
+        pending(why)
+        return
+    end
+
+    it("baresip registers as alice with digest auth and answers a call routed to her", function()
+        local w = start()
+        local ok, err = pcall(h.run, function()
+            local ctl = ctrl_connect(w.cport)
+            local seen = wait_until(function()
+                return (h.readfile(w.rlog) or ""):match("sip:alice@127%.0%.0%.1: 1 contact%(s%) (sip:alice%S*)")
+            end, 10)
+            assert.truthy(seen, "the router did not see alice register")
+            assert.matches("@127.0.0.1:" .. w.bport, seen, 1, true)
+
+            local caller = h.endpoint { user = "carol" }
+            local call, cerr, code = caller:call("sip:alice@127.0.0.1:" .. w.rport,
+                                                 { timeout = 10, body = sdp(h.free_port()) })
+            assert.truthy(call, ("call failed: %s %s"):format(cerr, code))
+            assert.equal(200, call.status)
+            assert.matches("m=audio %d+ RTP/AVP", call.remote_sdp)
+            assert.truthy(ctl.expect('"CALL_ESTABLISHED"', 5), "baresip did not report the call")
+            sip.sleep(0.3)
+            call:hangup()
+            -- the BYE went through the router (record-routed) to baresip
+            assert.truthy(ctl.expect('"CALL_CLOSED"', 5), "baresip did not see the BYE")
+            assert.truthy(wait_until(function()
+                return (h.readfile(w.rlog) or ""):find("call alice -> 1 contact(s): 200", 1, true)
+            end, 2))
+            ctl.close()
+        end, 30)
+        local out = stop(w)
+        assert(ok, tostring(err) .. "\n" .. out)
+        assert.not_matches("task error", out)
+    end)
+
+    it("baresip calls a luasip phone and a gateway number (407) through the router", function()
+        local gport = h.free_port()
+        local w = start("127.0.0.1:" .. gport)
+        local ok, err = pcall(h.run, function()
+            local log = {}
+            local bob = h.endpoint { user = "bob" }
+            local gw = assert(sip.endpoint { listen = "udp:127.0.0.1:" .. gport, user = "gw" })
+            for name, ep in pairs { bob = bob, gw = gw } do
+                ep:on("INVITE", function(call)
+                    log[name] = { uri = call.uri.raw, from = call.from.uri }
+                    assert(call:answer { body = sdp(h.free_port()) })
+                    log[name].answered = true
+                    log[name].ended = call:wait_hangup(10)
+                end)
+            end
+            local reg = assert(bob:register { registrar = "sip:127.0.0.1:" .. w.rport,
+                aor = "sip:bob@127.0.0.1", user = "bob", password = "builder" })
+            assert.is_true(reg:wait(5))
+            local ctl = ctrl_connect(w.cport)
+            assert.truthy(wait_until(function()
+                return (h.readfile(w.rlog) or ""):find("sip:alice@127.0.0.1: 1 contact", 1, true)
+            end, 10), "alice did not register")
+
+            for _, t in ipairs { { "bob", "sip:bob@127.0.0.1:" }, { "gw", "sip:0123@127.0.0.1:" } } do
+                local name, uri = t[1], t[2] .. w.rport
+                ctl.send("dial", uri)
+                assert.truthy(ctl.expect('"CALL_ESTABLISHED"', 10), "baresip: no answer from " .. uri)
+                assert.truthy(wait_until(function() return log[name] and log[name].answered end, 2))
+                assert.matches("^sip:alice@127%.0%.0%.1", log[name].from)
+                sip.sleep(0.3)
+                ctl.send("hangup")
+                assert.truthy(ctl.expect('"CALL_CLOSED"', 5))
+                assert.equal("hangup", wait_until(function() return log[name].ended end, 5))
+            end
+            assert.equal("sip:0123@127.0.0.1:" .. gport, log.gw.uri)
+            local rlog = h.readfile(w.rlog)
+            assert.matches("call bob -> 1 contact(s): 200", rlog, 1, true)
+            assert.matches("call alice -> gateway 0123: 200", rlog, 1, true)
+            ctl.close()
+            reg:close()
+            sip.sleep(0.2)
+            gw:close()
+        end, 40)
+        local out = stop(w)
+        assert(ok, tostring(err) .. "\n" .. out)
+        assert.not_matches("task error", out)
+    end)
+end)
