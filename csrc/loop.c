@@ -19,7 +19,7 @@
 extern struct list *tmrl_get(void);
 
 
-enum { TRIM_INTERVAL = 5000, TRIM_MIN = 8 << 20 };
+enum { TRIM_INTERVAL = 5000, TRIM_MIN = 8 << 20, TRIM_IDLE_TICKS = 8 };
 
 
 struct lsip_timer {
@@ -217,13 +217,14 @@ static void trim_handler(void *arg)
 	if (!trim.min_used || used < trim.min_used)
 		trim.min_used = used;
 
-	/* tick while there is traffic or the heap has not settled, then
-	 * twice more: the last tick trims whatever is left */
+	/* tick while there is traffic or the heap has not settled, and
+	 * long enough after the last message for libre's finished
+	 * transactions (64*T1 = 32 s) to go: the last tick trims the rest */
 	if (trim.activity || used > trim.min_used + TRIM_MIN)
 		trim.idle = 0;
 	else
 		++trim.idle;
-	rearm = trim.idle < 2;
+	rearm = trim.idle < TRIM_IDLE_TICKS;
 
 	/* trim when much has been freed since the last time, and once
 	 * more when the heap has settled */

@@ -74,6 +74,7 @@ struct sipsess_sock *lsip_ep_sock(const struct lsip_ep *ep);
 struct lsip_ep *lsip_ep_check(lua_State *L, int idx);
 int  lsip_ep_ref(const struct lsip_ep *ep);
 const char *lsip_ep_user(const struct lsip_ep *ep);
+const char *lsip_ep_ua(const struct lsip_ep *ep);
 int  lsip_ep_from(struct lsip_ep *ep, char **fromp, const char *user);
 
 /* request.c */

@@ -356,13 +356,14 @@ static int creq_send(struct lsip_creq *creq)
 			    "To: <%s>\r\n"
 			    "Call-ID: %016llx%016llx\r\n"
 			    "CSeq: %u %s\r\n"
-			    "User-Agent: " LSIP_NAME "/" LSIP_VERSION "\r\n"
+			    "User-Agent: %s\r\n"
 			    "%b%s"
 			    "Content-Length: %zu\r\n"
 			    "\r\n"
 			    "%b",
 			    creq->from, creq->tag, creq->to,
 			    creq->cid1, creq->cid2, creq->cseq, creq->met,
+			    lsip_ep_ua(creq->ep),
 			    hdrs ? hdrs->buf : NULL, hdrs ? hdrs->end : 0,
 			    body && !(hdrs && memmem(hdrs->buf, hdrs->end,
 						     "Content-Type:", 13)) ?

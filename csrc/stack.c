@@ -45,6 +45,7 @@ struct lsip_ep {
 	size_t udpc;
 	char *user;        /* Contact user part */
 	char *from;        /* default From: display + URI */
+	char *ua;          /* User-Agent / Server */
 	int self;          /* pin until :close() */
 	struct tmr teardown;  /* frees the stack soon after :close() */
 	bool closed;
@@ -140,6 +141,7 @@ static void ep_destructor(void *arg)
 	mem_deref(ep->tls);
 	mem_deref(ep->user);
 	mem_deref(ep->from);
+	mem_deref(ep->ua);
 }
 
 
@@ -179,6 +181,19 @@ struct sipsess_sock *lsip_ep_sock(const struct lsip_ep *ep)
 int lsip_ep_ref(const struct lsip_ep *ep)
 {
 	return ep ? ep->self : LUA_NOREF;
+}
+
+
+/**
+ * Get the User-Agent of the endpoint (also its Server header)
+ *
+ * @param ep Endpoint
+ *
+ * @return User-Agent string
+ */
+const char *lsip_ep_ua(const struct lsip_ep *ep)
+{
+	return ep->ua;
 }
 
 
@@ -590,6 +605,9 @@ static int l_endpoint_new(lua_State *L)
 
 	luaL_checktype(L, opt, LUA_TTABLE);
 	lsip_opt_string(L, opt, "user_agent", &ua);
+	if (ua && (strpbrk(ua, "\r\n") || !*ua))
+		return luaL_error(L, "luasip.endpoint: user_agent: no CR/LF "
+				  "allowed, got \"%s\"", ua);
 	lsip_opt_string(L, opt, "user", &user);
 	lsip_opt_string(L, opt, "from", &from);
 	lua_getfield(L, opt, "proxy");
@@ -632,12 +650,16 @@ static int l_endpoint_new(lua_State *L)
 	if (err)
 		goto out;
 
+	err = str_dup(&ep->ua, ua ? ua : LSIP_NAME "/" LSIP_VERSION);
+	if (err)
+		goto out;
+
 	err = setup_dns(L, ep, opt);
 	if (err)
 		goto out;
 
 	err = sip_alloc(&ep->sip, ep->dnsc, CTRANS_HASH, STRANS_HASH, TCONN_HASH,
-			ua ? ua : LSIP_NAME "/" LSIP_VERSION, NULL, NULL);
+			ep->ua, NULL, NULL);
 	if (err)
 		goto out;
 

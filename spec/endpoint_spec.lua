@@ -210,6 +210,27 @@ describe("luasip.endpoint", function()
                 assert.equal(sip.EADDRINUSE, code)
             end, 2)
         end)
+
+        it("sends its user_agent as User-Agent on requests and Server on replies", function()
+            h.run(function()
+                local a = h.endpoint { user_agent = "probe-ua/1.0" }
+                local b = h.endpoint { user_agent = "server-ua/2.0" }
+                local seen
+                b:on("MESSAGE", function(req)
+                    seen = req:header("User-Agent")
+                    req:reply(200)
+                end)
+                local res = assert(a:request { method = "MESSAGE", uri = b:uri(), body = "x" })
+                assert.equal("probe-ua/1.0", seen)
+                assert.equal("server-ua/2.0", res:header("Server"))
+            end, 3)
+        end)
+
+        it("raises for a user_agent with CR/LF", function()
+            assert.has_error(function()
+                sip.endpoint { listen = "udp:127.0.0.1:0", user_agent = "x\r\nX-Evil: 1" }
+            end, 'luasip.endpoint: user_agent: no CR/LF allowed, got "x\r\nX-Evil: 1"')
+        end)
     end)
 
     describe(":close()", function()
