@@ -104,23 +104,29 @@ local FIELDS = { "key", "uri", "params", "q", "expires", "call_id", "cseq",
 local HEADER = "# luasip location v1"
 
 
-local function encode_line(aor, b)
-    local t = { esc(aor) }
+local function num(v)
+    if math.type(v) == "integer" then return ("%d"):format(v) end
+    return ("%.17g"):format(v)
+end
+
+
+-- append the "field=value" tokens of binding b to t (every field but skip)
+local function encode_fields(t, b, skip)
     for _, f in ipairs(FIELDS) do
         local v = b[f]
-        if v ~= nil then t[#t + 1] = f .. "=" .. esc(v) end
+        if v ~= nil and f ~= skip then
+            t[#t + 1] = f .. "=" .. (NUMERIC[f] and type(v) == "number" and num(v) or esc(v))
+        end
     end
     if type(b.path) == "table" then
         for _, p in ipairs(b.path) do t[#t + 1] = "path=" .. esc(p) end
     end
-    return concat(t, " ")
+    return t
 end
 
 
-local function decode_line(line)
-    local aor, rest = line:match("^(%S+)(.*)$")
-    if not aor then return nil end
-    local b = {}
+-- read "field=value" tokens from rest into binding b
+local function decode_fields(rest, b)
     for f, v in rest:gmatch("(%w[%w_]*)=(%S*)") do
         v = unesc(v)
         if f == "path" then
@@ -132,6 +138,22 @@ local function decode_line(line)
             b[f] = v
         end
     end
+    return b
+end
+
+-- shared with other stores (location_redis) so bindings encode one way
+_M._num, _M._encode_fields, _M._decode_fields = num, encode_fields, decode_fields
+
+
+local function encode_line(aor, b)
+    return concat(encode_fields({ esc(aor) }, b), " ")
+end
+
+
+local function decode_line(line)
+    local aor, rest = line:match("^(%S+)(.*)$")
+    if not aor then return nil end
+    local b = decode_fields(rest, {})
     if not (b.key and b.uri and b.expires) then return nil end
     return unesc(aor), b
 end

@@ -27,8 +27,8 @@ local redis = require "luasip.redis"
 local location = require "luasip.location"
 
 local type, tostring, tonumber, ipairs, error = type, tostring, tonumber, ipairs, error
-local setmetatable, math_type = setmetatable, math.type
-local concat, format = table.concat, string.format
+local setmetatable = setmetatable
+local concat = table.concat
 
 local _M = { _VERSION = core._VERSION }
 
@@ -60,42 +60,12 @@ return 1
 
 ---------------------------------------------------------------- encoding
 
-local NUMERIC = { q = true, expires = true, cseq = true, updated = true, reg_id = true }
-local FIELDS = { "key", "uri", "params", "q", "call_id", "cseq", "received",
-                 "transport", "user_agent", "instance", "reg_id", "updated" }
+local num = location._num
 
 
-local function esc(s)
-    return (tostring(s):gsub("[%%%s=%c]", function(c)
-        return format("%%%02X", c:byte())
-    end))
-end
-
-
-local function unesc(s)
-    return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
-end
-
-
-local function num(v)
-    if math_type(v) == "integer" then return format("%d", v) end
-    return format("%.17g", v)
-end
-
-
--- "<expires> field=value ... path=v1 path=v2"
+-- "<expires> field=value ... path=v1 path=v2" (location.lua's field coding)
 local function encode(b)
-    local t = { num(b.expires) }
-    for _, f in ipairs(FIELDS) do
-        local v = b[f]
-        if v ~= nil then
-            t[#t + 1] = f .. "=" .. (NUMERIC[f] and type(v) == "number" and num(v) or esc(v))
-        end
-    end
-    if type(b.path) == "table" then
-        for _, p in ipairs(b.path) do t[#t + 1] = "path=" .. esc(p) end
-    end
-    return concat(t, " ")
+    return concat(location._encode_fields({ num(b.expires) }, b, "expires"), " ")
 end
 
 
@@ -103,17 +73,7 @@ local function decode(s)
     local e, rest = s:match("^(%S+)(.*)$")
     local b = { expires = tonumber(e) }
     if not b.expires then return nil end
-    for f, v in rest:gmatch("(%w[%w_]*)=(%S*)") do
-        v = unesc(v)
-        if f == "path" then
-            b.path = b.path or {}
-            b.path[#b.path + 1] = v
-        elseif NUMERIC[f] then
-            b[f] = tonumber(v)
-        else
-            b[f] = v
-        end
-    end
+    location._decode_fields(rest, b)
     if not (b.key and b.uri) then return nil end
     return b
 end
