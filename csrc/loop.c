@@ -19,7 +19,7 @@
 extern struct list *tmrl_get(void);
 
 
-enum { TRIM_INTERVAL = 5000, TRIM_MIN = 8 << 20, TRIM_IDLE_TICKS = 8 };
+enum { TRIM_INTERVAL = 5000, TRIM_MIN = 8 << 20, TRIM_QUIET_TICKS = 7 };
 
 
 struct lsip_timer {
@@ -201,45 +201,49 @@ static int l_timers(lua_State *L)
 static struct {
 	struct tmr tmr;
 	uint64_t activity;     /* messages since the last tick */
-	size_t min_used;       /* lowest heap use seen (the idle level) */
 	size_t free_trimmed;   /* free bytes right after the last trim */
-	unsigned idle;         /* ticks without traffic, heap settled */
+	unsigned quiet;        /* ticks without traffic */
 } trim;
 
 
 static void trim_handler(void *arg)
 {
 	struct mallinfo2 mi = mallinfo2();
-	size_t used = mi.uordblks + mi.hblkhd;
-	bool rearm;
+	bool last;
 	(void)arg;
 
-	if (!trim.min_used || used < trim.min_used)
-		trim.min_used = used;
-
-	/* tick while there is traffic or the heap has not settled, and
-	 * long enough after the last message for libre's finished
-	 * transactions (64*T1 = 32 s) to go: the last tick trims the rest */
-	if (trim.activity || used > trim.min_used + TRIM_MIN)
-		trim.idle = 0;
+	/* tick while there is traffic, and until libre's finished
+	 * transactions (64*T1 = 32 s after the last message) are gone */
+	if (trim.activity)
+		trim.quiet = 0;
 	else
-		++trim.idle;
-	rearm = trim.idle < TRIM_IDLE_TICKS;
+		++trim.quiet;
+	trim.activity = 0;
+	last = trim.quiet >= TRIM_QUIET_TICKS;
 
-	/* trim when much has been freed since the last time, and once
-	 * more when the heap has settled */
-	if (mi.fordblks > trim.free_trimmed + (rearm ? TRIM_MIN : 1 << 20)) {
+	/* The last tick: collect Lua's garbage of the finished calls too.
+	 * An idle loop allocates nothing, so Lua's incremental collector
+	 * would leave it (strings, tables, coroutine stacks) scattered over
+	 * the peak-sized heap, each object pinning a page. */
+	if (last && lsip_L) {
+		/* twice: objects with finalizers are freed in the second */
+		lua_gc(lsip_L, LUA_GCCOLLECT);
+		lua_gc(lsip_L, LUA_GCCOLLECT);
+		mi = mallinfo2();
+	}
+
+	/* trim when much has been freed since the last time, and on the
+	 * last tick whatever is left */
+	if (last || mi.fordblks > trim.free_trimmed + TRIM_MIN) {
 		(void)malloc_trim(0);
-		trim.free_trimmed = mi.fordblks;
+		trim.free_trimmed = mallinfo2().fordblks;
 	}
 	else if (mi.fordblks < trim.free_trimmed) {
 		trim.free_trimmed = mi.fordblks;
 	}
 
-	if (rearm)
+	if (!last)
 		tmr_start(&trim.tmr, TRIM_INTERVAL, trim_handler, NULL);
-
-	trim.activity = 0;
 }
 
 
@@ -249,7 +253,6 @@ static void trim_handler(void *arg)
 void lsip_mem_activity(void)
 {
 	++trim.activity;
-	trim.idle = 0;
 	if (!tmr_isrunning(&trim.tmr))
 		tmr_start(&trim.tmr, TRIM_INTERVAL, trim_handler, NULL);
 }

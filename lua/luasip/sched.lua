@@ -20,7 +20,11 @@ local tasks = {}        -- co -> task
 local ntasks = 0
 local waiting = {}      -- obj -> co
 local timer_owner = {}  -- timer -> co
-local timer_pool = {}
+-- spare timers for the next wait; weak, so that a full collection (the C
+-- core runs one when the loop has been quiet for a while) frees what a
+-- burst left here, scattered over the heap. With holes, #timer_pool is
+-- still a border: its entry is set, the next one is not.
+local timer_pool = setmetatable({}, { __mode = "v" })
 local runq, rq_head, rq_tail = {}, 1, 0
 local draining = false
 local running_loop = false
