@@ -163,3 +163,4 @@ int lsip_open_reg(lua_State *L);
 int lsip_open_media(lua_State *L);
 int lsip_open_redis(lua_State *L);
 int lsip_open_srtp(lua_State *L);
+void lsip_srtp_close(void);       /* srtp.c, at lua_close (core.c) */

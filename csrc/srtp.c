@@ -1288,6 +1288,20 @@ static int l_negotiate(lua_State *L)
 
 
 /**
+ * Shut libsrtp2 down (at lua_close, after every session is freed), so that
+ * its crypto kernel is not left allocated when core.so is unloaded
+ */
+void lsip_srtp_close(void)
+{
+	if (!srtp_inited)
+		return;
+
+	(void)srtp_shutdown();
+	srtp_inited = false;
+}
+
+
+/**
  * Initialise libsrtp2 (once) and register the internal srtp test hooks
  *
  * @param L Lua state, module table on top
