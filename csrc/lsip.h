@@ -149,6 +149,7 @@ int lsip_msrtp_answer(struct lsip_msrtp *s, struct sdp_media *sm,
 int lsip_msrtp_apply(struct lsip_msrtp *s, struct sdp_media *sm,
 		     struct rtp_sock *rtp);
 void lsip_msrtp_stats(lua_State *L, const struct lsip_msrtp *s);
+void lsip_msrtp_detach(struct lsip_msrtp *s);
 
 /* one open function per part, called by core.c with the module on top */
 int lsip_open_util(lua_State *L);

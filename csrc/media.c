@@ -135,8 +135,9 @@ static void media_destructor(void *arg)
 	mem_deref(m->jbuf);
 	mem_deref(m->dtmf);
 	mem_deref(m->sdp);     /* owns sm */
-	mem_deref(m->srtp);    /* before rtp: its udp helpers */
-	mem_deref(m->rtp);
+	lsip_msrtp_detach(m->srtp);
+	mem_deref(m->rtp);     /* its RTCP BYE still goes out as SRTCP */
+	mem_deref(m->srtp);
 }
 
 

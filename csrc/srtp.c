@@ -540,8 +540,10 @@ int lsip_srtp_negotiate(enum lsip_srtp_policy pol, const char *offer_proto,
  * rtp_sock's RTP and RTCP sockets, so that libre parses RTP and RTCP only
  * after a successful unprotect. The struct is allocated per media when
  * the policy is not "off"; the libsrtp2 sessions and the helpers exist
- * only while SRTP is negotiated. Release it before the rtp_sock: the
- * socket's destructor would otherwise free the helpers under us.
+ * only while SRTP is negotiated. To free a media: lsip_msrtp_detach(),
+ * then the rtp_sock (libre's RTCP BYE from its destructor still passes
+ * the helpers and goes out as SRTCP; the socket frees the helpers), then
+ * the struct.
  */
 
 
@@ -1051,6 +1053,23 @@ int lsip_msrtp_apply(struct lsip_msrtp *s, struct sdp_media *sm,
 
 	memset(&pk, 0, sizeof(pk));
 	return err;
+}
+
+
+/**
+ * Hand the udp helpers over to the rtp_sock, which is freed next (at
+ * once: the media holds its only reference) and frees them; the state
+ * must outlive that, as the helpers still protect the RTCP BYE
+ *
+ * @param s Media SRTP state or NULL
+ */
+void lsip_msrtp_detach(struct lsip_msrtp *s)
+{
+	if (!s)
+		return;
+
+	s->uh_rtp = NULL;
+	s->uh_rtcp = NULL;
 }
 
 
