@@ -576,6 +576,7 @@ static int l_media_new(lua_State *L)
 	struct sa ip;
 	int i, n, err;
 
+	lua_settop(L, 8);              /* the box goes to 9 */
 	if (sa_set_str(&ip, laddr, 0))
 		return luaL_error(L, "bad argument #1 to 'media' (IP address "
 				  "expected, got \"%s\")", laddr);

@@ -667,16 +667,31 @@ static bool recv_rtcp(struct sa *src, struct mbuf *mb, void *arg)
 }
 
 
-/* (re)key both directions; keeps the helpers once registered */
+static bool same_key(const struct sdes_key *a, const struct sdes_key *b)
+{
+	return a->suite == b->suite && !memcmp(a->key, b->key, sizeof(a->key));
+}
+
+
+/*
+ * (re)key: a direction whose key is unchanged keeps its session (and
+ * its packet index and replay state); the helpers stay once registered
+ */
 static int msrtp_activate(struct lsip_msrtp *s, struct rtp_sock *rtp,
 			  const struct sdes_key *tx, const struct sdes_key *rx)
 {
 	struct lsip_srtp *stx = NULL, *srx = NULL;
 	const char *suite = suite_names[tx->suite];
-	int err;
+	int err = 0;
 
-	err = lsip_srtp_alloc(&stx, suite, tx->key, sizeof(tx->key), true);
-	if (!err)
+	if (s->active && same_key(tx, &s->tx))
+		stx = mem_ref(s->stx);
+	else
+		err = lsip_srtp_alloc(&stx, suite, tx->key, sizeof(tx->key),
+				      true);
+	if (!err && s->active && same_key(rx, &s->rx))
+		srx = mem_ref(s->srx);
+	else if (!err)
 		err = lsip_srtp_alloc(&srx, suite, rx->key, sizeof(rx->key),
 				      false);
 	if (err)
@@ -940,12 +955,6 @@ static bool pick_handler(const char *name, const char *value, void *arg)
 }
 
 
-static bool same_key(const struct sdes_key *a, const struct sdes_key *b)
-{
-	return a->suite == b->suite && !memcmp(a->key, b->key, sizeof(a->key));
-}
-
-
 /**
  * Answer a decoded offer under the policy: plain, SRTP with the first
  * acceptable a=crypto line (our fresh key, its tag) or refuse
@@ -1050,6 +1059,10 @@ int lsip_msrtp_apply(struct lsip_msrtp *s, struct sdp_media *sm,
 		err = msrtp_activate(s, rtp, &tx, &pk.k);
 		memset(&tx, 0, sizeof(tx));
 	}
+
+	/* re-offers carry the line in use only */
+	if (!err)
+		err = set_line(sm, true, &s->tx);
 
 	memset(&pk, 0, sizeof(pk));
 	return err;

@@ -428,4 +428,82 @@ describe("SRTP calls", function()
         -- the caller's libre got them through unprotect_rtcp
         assert.equal(0, caller.srtcp_fail)
     end)
+
+    it("keeps the sessions on a re-offer with the same key and re-keys on a new one", function()
+        local function crypto(sdp)
+            local t = {}
+            for l in sdp:gmatch("a=crypto:([^\r\n]*)") do t[#t + 1] = l end
+            return t
+        end
+        run(function()
+            local a = core.media("127.0.0.1", 10000, 20000, { "PCMU" }, false, true, "mandatory")
+            local b = core.media("127.0.0.1", 10000, 20000, { "PCMU" }, false, true, "mandatory",
+                                 { S32 })
+            local offer = a:offer()
+            assert.equal(2, #crypto(offer))
+            local answer = assert(b:answer(offer))
+            assert.matches("^2 " .. S32, crypto(answer)[1])      -- b allows _32 only
+            assert(a:set_answer(answer))
+            assert(a:start())
+            assert(b:start())
+            sip.sleep(0.3)
+
+            -- a re-offer repeats the line in use; the same answer comes back
+            local offer2 = a:offer()
+            assert.same({ crypto(offer)[2] }, crypto(offer2))
+            local answer2 = assert(b:answer(offer2))
+            assert.same(crypto(answer), crypto(answer2))
+            assert(a:set_answer(answer2))
+            local a1, b1 = a:stats(), b:stats()
+            sip.sleep(0.3)
+            local a2, b2 = a:stats(), b:stats()
+            for _, st in ipairs { a2, b2 } do
+                assert.equal(S32, st.srtp)
+                assert.equal(0, st.srtp_fail)
+                assert.equal(0, st.srtp_replay)
+            end
+            assert.is_true(a2.rx_packets - a1.rx_packets >= 10)
+            assert.is_true(b2.rx_packets - b1.rx_packets >= 10)
+
+            -- a re-offer with another key (as if a had re-keyed): b answers
+            -- with a fresh key of its own and expects the new one from a
+            local line = assert(core.srtp_sdes_make(2, S32))
+            local offer3 = offer2:gsub("a=crypto:[^\r\n]*", "a=crypto:" .. line)
+            local answer3 = assert(b:answer(offer3))
+            assert.matches("^2 " .. S32, crypto(answer3)[1])
+            assert.not_equal(crypto(answer)[1], crypto(answer3)[1])
+            assert(a:set_answer(answer3))
+            sip.sleep(0.3)
+            local a3, b3 = a:stats(), b:stats()
+            -- a follows b's new key; b rejects a's packets, still under the old key
+            assert.equal(0, a3.srtp_fail)
+            assert.is_true(a3.rx_packets - a2.rx_packets >= 10)
+            assert.is_true(b3.srtp_fail >= 10, "b srtp_fail " .. b3.srtp_fail)
+            assert.is_true(b3.rx_packets - b2.rx_packets <= 1)
+            a:close()
+            b:close()
+        end, 5)
+    end)
+
+    it("runs early media over SRTP (183 with SDP, then 200)", function()
+        local early
+        run(function()
+            local a, b, uri = pair({ srtp = "mandatory" }, { srtp = "mandatory" })
+            b:on("INVITE", function(call)
+                assert(call:progress { media = true })
+                call:play { tone = 800, duration = 0.4 }
+                assert(call:answer { media = true })
+                call:wait_hangup(3)
+            end)
+            local call = assert(a:call(uri, { media = true, timeout = 5,
+                on_progress = function(c) early = c.remote_sdp end }))
+            local st = call.media_stats
+            assert.equal(S80, st.srtp)
+            assert.is_true(st.rx_packets >= 15, "rx " .. st.rx_packets)
+            assert.equal(0, st.srtp_fail)
+            assert.equal(0, st.rx_dropped)
+            call:hangup()
+        end, 5)
+        assert.matches("m=audio %d+ RTP/SAVP 0.*a=crypto:1 " .. S80, early)
+    end)
 end)
