@@ -506,4 +506,47 @@ describe("SRTP calls", function()
         end, 5)
         assert.matches("m=audio %d+ RTP/SAVP 0.*a=crypto:1 " .. S80, early)
     end)
+
+    it("skips malformed or unknown a=crypto lines and takes the first usable one", function()
+        run(function()
+            local good = assert(core.srtp_sdes_make(7, S80))
+            local bad = {
+                "1 AES_CM_128_HMAC_SHA1_80 inline:!!!!notbase64!!!!",
+                "2 AES_CM_128_HMAC_SHA1_80 inline:c2hvcnQ",                 -- short key
+                "3 AES_256_CM_HMAC_SHA1_80 inline:" .. ("QUJD"):rep(15),   -- unknown suite
+                "x AES_CM_128_HMAC_SHA1_32",
+                ("9"):rep(3000),
+                "",
+            }
+            local function offer(proto, lines)
+                local t = { "v=0", "o=- 1 1 IN IP4 127.0.0.1", "s=-", "c=IN IP4 127.0.0.1", "t=0 0",
+                            "m=audio 40000 " .. proto .. " 0", "a=rtpmap:0 PCMU/8000" }
+                for _, l in ipairs(lines) do t[#t + 1] = "a=crypto:" .. l end
+                t[#t + 1] = ""
+                return table.concat(t, "\r\n")
+            end
+            local function answer(pol, o)
+                local m = core.media("127.0.0.1", 10000, 20000, { "PCMU" }, false, true, pol)
+                local r = { m:answer(o) }
+                local st = m:stats()
+                m:close()
+                return r, st
+            end
+            -- nothing usable: 488 when SRTP is required, plain when optional
+            assert.same({ nil, "488 Not Acceptable Here", 488 }, (answer("mandatory", offer("RTP/SAVP", bad))))
+            assert.same({ nil, "488 Not Acceptable Here", 488 }, (answer("optional", offer("RTP/SAVP", bad))))
+            local r, st = answer("optional", offer("RTP/AVP", bad))
+            assert.matches("m=audio %d+ RTP/AVP 0", r[1])
+            assert.not_matches("a=crypto", r[1])
+            assert.is_false(st.srtp)
+            -- the usable line after the bad ones is taken, with its tag
+            local lines = {}
+            for _, l in ipairs(bad) do lines[#lines + 1] = l end
+            lines[#lines + 1] = good
+            r, st = answer("mandatory", offer("RTP/SAVP", lines))
+            assert.matches("m=audio %d+ RTP/SAVP 0", r[1])
+            assert.matches("a=crypto:7 " .. S80 .. " inline:", r[1])
+            assert.equal(S80, st.srtp)
+        end, 5)
+    end)
 end)
