@@ -44,8 +44,13 @@ local function check_srtp(srtp, suites, level)
             if not SRTP_SUITES[v] then ok = false end
         end
         if not ok then
+            local got = { tostring(suites) }
+            if type(suites) == "table" then
+                got = {}
+                for i, v in ipairs(suites) do got[i] = tostring(v) end
+            end
             error(("bad option 'srtp_suites' (list of AES_CM_128_HMAC_SHA1_80 / _32 expected, got %s)"):format(
-                type(suites) == "table" and table.concat(suites, ",") or tostring(suites)), level + 1)
+                table.concat(got, ",")), level + 1)
         end
     end
 end
@@ -56,7 +61,8 @@ end
 function _M.set_endpoint(ep, opts)
     check_srtp(opts.srtp, opts.srtp_suites, 3)
     if ep and (opts.srtp ~= nil or opts.srtp_suites ~= nil) then
-        ep_srtp[ep] = { opts.srtp, opts.srtp_suites }
+        local suites = opts.srtp_suites and table.move(opts.srtp_suites, 1, #opts.srtp_suites, 1, {})
+        ep_srtp[ep] = { opts.srtp, suites }
     end
     local r = opts.rtp_ports
     if r ~= nil then
