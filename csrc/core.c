@@ -62,6 +62,7 @@ static int l_sentinel_gc(lua_State *L)
 		if (null >= 0)
 			(void)close(null);
 		(void)lsip_tmr_close();
+		lsip_srtp_close();
 		inited = false;
 	}
 

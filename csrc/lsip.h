@@ -138,6 +138,18 @@ int lsip_sdes_parse(const struct pl *attr, int *tag, char *suite,
 		    size_t suitesz, uint8_t key[LSIP_SRTP_KEYLEN]);
 int lsip_srtp_negotiate(enum lsip_srtp_policy pol, const char *offer_proto,
 			bool offer_has_crypto);
+/* srtp.c: SRTP of one media line (NULL: policy off); see srtp.c */
+struct lsip_msrtp;
+int lsip_msrtp_new(lua_State *L, int idx, struct lsip_msrtp **sp);
+const char *lsip_msrtp_proto(const struct lsip_msrtp *s);
+void lsip_msrtp_protos(struct sdp_media *sm, bool offer);
+int lsip_msrtp_offer(struct lsip_msrtp *s, struct sdp_media *sm);
+int lsip_msrtp_answer(struct lsip_msrtp *s, struct sdp_media *sm,
+		      struct rtp_sock *rtp);
+int lsip_msrtp_apply(struct lsip_msrtp *s, struct sdp_media *sm,
+		     struct rtp_sock *rtp);
+void lsip_msrtp_stats(lua_State *L, const struct lsip_msrtp *s);
+void lsip_msrtp_detach(struct lsip_msrtp *s);
 
 /* one open function per part, called by core.c with the module on top */
 int lsip_open_util(lua_State *L);
@@ -152,3 +164,4 @@ int lsip_open_reg(lua_State *L);
 int lsip_open_media(lua_State *L);
 int lsip_open_redis(lua_State *L);
 int lsip_open_srtp(lua_State *L);
+void lsip_srtp_close(void);       /* srtp.c, at lua_close (core.c) */

@@ -53,6 +53,7 @@ struct lsip_media {
 	struct sdp_session *sdp;
 	struct sdp_media *sm;
 	struct telev *telev;
+	struct lsip_msrtp *srtp;  /* NULL: srtp "off" (srtp.c) */
 	struct jbuf *jbuf;        /* received audio, played out per tick */
 	struct dtmf_dec *dtmf;    /* in-band detector (no telephone-event) */
 	struct tmr tmr;
@@ -134,7 +135,9 @@ static void media_destructor(void *arg)
 	mem_deref(m->jbuf);
 	mem_deref(m->dtmf);
 	mem_deref(m->sdp);     /* owns sm */
-	mem_deref(m->rtp);
+	lsip_msrtp_detach(m->srtp);
+	mem_deref(m->rtp);     /* its RTCP BYE still goes out as SRTCP */
+	mem_deref(m->srtp);
 }
 
 
@@ -441,7 +444,7 @@ static void send_frame(struct lsip_media *m)
 	struct mbuf *mb;
 	int16_t s[FRAME];
 	bool marker = false, ended;
-	size_t i;
+	size_t i, plen;
 	int err;
 
 	ended = play_pull(m, s);
@@ -469,6 +472,7 @@ static void send_frame(struct lsip_media *m)
 		if (marker)
 			m->ev_ts = m->ts;
 		mb->pos = RTP_HEADER_SIZE;
+		plen = mb->end - RTP_HEADER_SIZE;
 		err = rtp_send(m->rtp, &m->raddr, false, marker,
 			       (uint8_t)m->te_pt, m->ev_ts, mb);
 		m->ev_active = true;
@@ -484,6 +488,7 @@ static void send_frame(struct lsip_media *m)
 					    g711_pcm2ulaw(s[i]) :
 					    g711_pcm2alaw(s[i]));
 		mb->pos = RTP_HEADER_SIZE;
+		plen = FRAME;
 		err = rtp_send(m->rtp, &m->raddr, false, m->marker,
 			       (uint8_t)m->tx_pt, m->ts, mb);
 		m->marker = false;
@@ -491,7 +496,7 @@ static void send_frame(struct lsip_media *m)
 
 	if (!err) {
 		++m->tx_packets;
-		m->tx_bytes += (uint32_t)(mb->end - RTP_HEADER_SIZE);
+		m->tx_bytes += (uint32_t)plen;   /* payload, no SRTP tag */
 	}
 
 	m->ts += FRAME;
@@ -553,10 +558,12 @@ static int codec_pt(const char *name)
 
 
 /*
- * core.media(laddr, min, max, codecs, symmetric, televent)
+ * core.media(laddr, min, max, codecs, symmetric, televent, srtp, suites)
  *   -> media | nil, err, code
  * codecs: list of "PCMU"/"PCMA" (raises on others); televent: offer
- * telephone-event (default true); without it digits are detected in-band
+ * telephone-event (default true); without it digits are detected in-band;
+ * srtp: "off" (default), "optional" or "mandatory"; suites: SRTP suites
+ * allowed (default both, see srtp.c)
  */
 static int l_media_new(lua_State *L)
 {
@@ -569,6 +576,7 @@ static int l_media_new(lua_State *L)
 	struct sa ip;
 	int i, n, err;
 
+	lua_settop(L, 8);              /* the box goes to 9 */
 	if (sa_set_str(&ip, laddr, 0))
 		return luaL_error(L, "bad argument #1 to 'media' (IP address "
 				  "expected, got \"%s\")", laddr);
@@ -613,6 +621,10 @@ static int l_media_new(lua_State *L)
 		return luaL_error(L, "bad option 'codecs' (at least one codec "
 				  "expected)");
 
+	err = lsip_msrtp_new(L, 7, &m->srtp);
+	if (err)
+		return lsip_fail(L, err, "media: srtp");
+
 	err = rtp_listen(&m->rtp, IPPROTO_UDP, &ip, (uint16_t)pmin,
 			 (uint16_t)pmax, true, rtp_handler, rtcp_handler, m);
 	if (err)
@@ -623,7 +635,8 @@ static int l_media_new(lua_State *L)
 		return lsip_fail(L, err, "media: sdp");
 
 	err = sdp_media_add(&m->sm, m->sdp, "audio",
-			    sa_port(rtp_local(m->rtp)), "RTP/AVP");
+			    sa_port(rtp_local(m->rtp)),
+			    lsip_msrtp_proto(m->srtp));
 	for (i = 0; !err && i < m->ncodecs; i++)
 		err = sdp_format_add(NULL, m->sm, false,
 				     m->codecs[i] ? "8" : "0",
@@ -681,7 +694,9 @@ static int l_media_offer(lua_State *L)
 	struct mbuf *mb;
 	int err;
 
-	err = sdp_encode(&mb, m->sdp, true);
+	err = lsip_msrtp_offer(m->srtp, m->sm);
+	if (!err)
+		err = sdp_encode(&mb, m->sdp, true);
 	if (err)
 		return lsip_fail(L, err, "media: offer");
 
@@ -757,8 +772,10 @@ static int l_media_answer(lua_State *L)
 	struct mbuf *mb;
 	int err;
 
+	lsip_msrtp_protos(m->sm, true);      /* RTP/AVP or RTP/SAVP */
 	err = decode(m, s, len, true);
-	if (err || negotiate(m))
+	lsip_msrtp_protos(m->sm, false);
+	if (err || negotiate(m) || lsip_msrtp_answer(m->srtp, m->sm, m->rtp))
 		return lsip_fail_status(L, 488, &reason);
 
 	err = sdp_encode(&mb, m->sdp, false);
@@ -778,7 +795,8 @@ static int l_media_set_answer(lua_State *L)
 	const char *s = luaL_checklstring(L, 2, &len);
 	struct pl reason = PL("Not Acceptable Here");
 
-	if (decode(m, s, len, false) || negotiate(m))
+	if (decode(m, s, len, false) || negotiate(m) ||
+	    lsip_msrtp_apply(m->srtp, m->sm, m->rtp))
 		return lsip_fail_status(L, 488, &reason);
 
 	lua_pushboolean(L, 1);
@@ -1118,6 +1136,7 @@ static int l_media_stats(lua_State *L)
 	lua_setfield(L, -2, "codec");
 	lua_pushinteger(L, sa_port(rtp_local(m->rtp)));
 	lua_setfield(L, -2, "local_port");
+	lsip_msrtp_stats(L, m->srtp);
 	if (sa_isset(&m->raddr, SA_ALL)) {
 		char buf[64];
 

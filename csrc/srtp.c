@@ -534,6 +534,592 @@ int lsip_srtp_negotiate(enum lsip_srtp_policy pol, const char *offer_proto,
 }
 
 
+/*
+ * Media binding (struct lsip_msrtp): SDES offer/answer on one libre
+ * sdp_media and per-packet protection through udp helpers on the
+ * rtp_sock's RTP and RTCP sockets, so that libre parses RTP and RTCP only
+ * after a successful unprotect. The struct is allocated per media when
+ * the policy is not "off"; the libsrtp2 sessions and the helpers exist
+ * only while SRTP is negotiated. To free a media: lsip_msrtp_detach(),
+ * then the rtp_sock (libre's RTCP BYE from its destructor still passes
+ * the helpers and goes out as SRTCP; the socket frees the helpers), then
+ * the struct.
+ *
+ * Memory: the struct is about 250 bytes; each libsrtp2 session costs
+ * about 30 KiB more (measured with mallinfo2 on Debian's libsrtp2 2.5.0,
+ * built with the NSS crypto backend: the per-stream NSS cipher contexts
+ * dominate, and one srtp_t holding both directions costs the same as
+ * two), so an SRTP call holds about 60 KiB that a plain one does not.
+ */
+
+
+enum { NSUITES = 2 };
+
+static const char *const suite_names[NSUITES] = {
+	"AES_CM_128_HMAC_SHA1_80",
+	"AES_CM_128_HMAC_SHA1_32",
+};
+
+
+struct sdes_key {
+	int tag;
+	int suite;                         /* index in suite_names */
+	uint8_t key[LSIP_SRTP_KEYLEN];
+};
+
+
+struct lsip_msrtp {
+	enum lsip_srtp_policy pol;
+	unsigned suites;                   /* bit i: suite_names[i] allowed */
+	struct sdes_key offered[NSUITES];  /* our lines in a=crypto */
+	int noffered;
+	struct sdes_key tx, rx;            /* keys of the active sessions */
+	struct lsip_srtp *stx, *srx;       /* NULL while plain */
+	struct udp_helper *uh_rtp, *uh_rtcp;
+	uint32_t fail, replay, rtcp_fail, tx_err;
+	bool active;
+};
+
+
+static int suite_index(const char *name)
+{
+	int i;
+
+	for (i = 0; i < NSUITES; i++)
+		if (!str_cmp(name, suite_names[i]))
+			return i;
+
+	return -1;
+}
+
+
+static void msrtp_deactivate(struct lsip_msrtp *s)
+{
+	s->uh_rtp = mem_deref(s->uh_rtp);
+	s->uh_rtcp = mem_deref(s->uh_rtcp);
+	s->stx = mem_deref(s->stx);
+	s->srx = mem_deref(s->srx);
+	memset(&s->tx, 0, sizeof(s->tx));
+	memset(&s->rx, 0, sizeof(s->rx));
+	s->active = false;
+}
+
+
+static void msrtp_destructor(void *arg)
+{
+	struct lsip_msrtp *s = arg;
+
+	msrtp_deactivate(s);
+	memset(s->offered, 0, sizeof(s->offered));
+}
+
+
+/* the udp helpers: run inside re_main for every datagram */
+static bool send_rtp(int *err, struct sa *dst, struct mbuf *mb, void *arg)
+{
+	struct lsip_msrtp *s = arg;
+
+	(void)dst;
+	*err = lsip_srtp_protect(s->stx, mb);
+	if (*err)
+		++s->tx_err;
+
+	return false;
+}
+
+
+static bool recv_rtp(struct sa *src, struct mbuf *mb, void *arg)
+{
+	struct lsip_msrtp *s = arg;
+	int err;
+
+	(void)src;
+	err = lsip_srtp_unprotect(s->srx, mb);
+	if (!err)
+		return false;
+
+	if (err == EALREADY)
+		++s->replay;
+	else
+		++s->fail;
+
+	return true;                       /* dropped */
+}
+
+
+static bool send_rtcp(int *err, struct sa *dst, struct mbuf *mb, void *arg)
+{
+	struct lsip_msrtp *s = arg;
+
+	(void)dst;
+	*err = lsip_srtp_protect_rtcp(s->stx, mb);
+	if (*err)
+		++s->tx_err;
+
+	return false;
+}
+
+
+static bool recv_rtcp(struct sa *src, struct mbuf *mb, void *arg)
+{
+	struct lsip_msrtp *s = arg;
+
+	(void)src;
+	if (!lsip_srtp_unprotect_rtcp(s->srx, mb))
+		return false;
+
+	++s->rtcp_fail;
+	return true;
+}
+
+
+static bool same_key(const struct sdes_key *a, const struct sdes_key *b)
+{
+	return a->suite == b->suite && !memcmp(a->key, b->key, sizeof(a->key));
+}
+
+
+/*
+ * (re)key: a direction whose key is unchanged keeps its session (and
+ * its packet index and replay state); the helpers stay once registered
+ */
+static int msrtp_activate(struct lsip_msrtp *s, struct rtp_sock *rtp,
+			  const struct sdes_key *tx, const struct sdes_key *rx)
+{
+	struct lsip_srtp *stx = NULL, *srx = NULL;
+	const char *suite = suite_names[tx->suite];
+	int err = 0;
+
+	if (s->active && same_key(tx, &s->tx))
+		stx = mem_ref(s->stx);
+	else
+		err = lsip_srtp_alloc(&stx, suite, tx->key, sizeof(tx->key),
+				      true);
+	if (!err && s->active && same_key(rx, &s->rx))
+		srx = mem_ref(s->srx);
+	else if (!err)
+		err = lsip_srtp_alloc(&srx, suite, rx->key, sizeof(rx->key),
+				      false);
+	if (err)
+		goto out;
+
+	if (!s->uh_rtp)
+		err = udp_register_helper(&s->uh_rtp, rtp_sock(rtp), 0,
+					  send_rtp, recv_rtp, s);
+	if (!err && !s->uh_rtcp && rtcp_sock(rtp))
+		err = udp_register_helper(&s->uh_rtcp, rtcp_sock(rtp), 0,
+					  send_rtcp, recv_rtcp, s);
+	if (err)
+		goto out;
+
+	mem_deref(s->stx);
+	mem_deref(s->srx);
+	s->stx = stx;
+	s->srx = srx;
+	stx = srx = NULL;
+	s->tx = *tx;
+	s->rx = *rx;
+	s->active = true;
+
+	/* a later re-offer of ours repeats the active line */
+	s->offered[0] = *tx;
+	s->noffered = 1;
+
+ out:
+	mem_deref(stx);
+	mem_deref(srx);
+	if (err && !s->active)
+		msrtp_deactivate(s);
+
+	return err;
+}
+
+
+static int set_line(struct sdp_media *sm, bool replace,
+		    const struct sdes_key *k)
+{
+	char b64[48];
+	size_t olen = sizeof(b64);
+	int err;
+
+	err = base64_encode(k->key, sizeof(k->key), b64, &olen);
+	if (!err)
+		err = sdp_media_set_lattr(sm, replace, "crypto",
+					  "%d %s inline:%b", k->tag,
+					  suite_names[k->suite], b64, olen);
+
+	memset(b64, 0, sizeof(b64));
+	return err;
+}
+
+
+/* a fresh key for suite with tag, as lsip_sdes_make */
+static int new_key(struct sdes_key *k, int tag, int suite)
+{
+	char *line = NULL;
+	int err;
+
+	k->tag = tag;
+	k->suite = suite;
+	err = lsip_sdes_make(&line, tag, suite_names[suite], k->key);
+	if (line) {
+		memset(line, 0, strlen(line));
+		mem_deref(line);
+	}
+
+	return err;
+}
+
+
+/**
+ * Read the srtp options of core.media and allocate the media's state
+ *
+ * Raises on a bad value, naming the option. Policy "off" allocates
+ * nothing (*sp is NULL).
+ *
+ * @param L   Lua state
+ * @param idx Index of the policy ("off", "optional", "mandatory" or nil);
+ *            idx + 1: list of suite names or nil (both)
+ * @param sp  Returns the state, NULL for "off"
+ *
+ * @return 0 if success, otherwise errorcode
+ */
+int lsip_msrtp_new(lua_State *L, int idx, struct lsip_msrtp **sp)
+{
+	static const char *const pols[] = {
+		"off", "optional", "mandatory", NULL
+	};
+	const char *p = luaL_optstring(L, idx, "off");
+	struct lsip_msrtp *s;
+	unsigned suites = 0;
+	int pi, i, n;
+
+	for (pi = 0; pols[pi] && strcmp(pols[pi], p); pi++)
+		;
+	if (!pols[pi])
+		return luaL_error(L, "bad option 'srtp' (\"off\", \"optional\" "
+				  "or \"mandatory\" expected, got \"%s\")", p);
+
+	if (lua_isnoneornil(L, idx + 1)) {
+		suites = (1u << NSUITES) - 1;
+	}
+	else {
+		luaL_checktype(L, idx + 1, LUA_TTABLE);
+		n = (int)luaL_len(L, idx + 1);
+		for (i = 1; i <= n; i++) {
+			const char *name;
+			int si;
+
+			lua_geti(L, idx + 1, i);
+			name = lua_tostring(L, -1);
+			si = name ? suite_index(name) : -1;
+			if (si < 0)
+				return luaL_error(L, "bad option 'srtp_suites' "
+						  "(AES_CM_128_HMAC_SHA1_80 or "
+						  "_32 expected, got %s)",
+						  name ? name :
+						  luaL_typename(L, -1));
+			lua_pop(L, 1);
+			suites |= 1u << si;
+		}
+		if (!suites)
+			return luaL_error(L, "bad option 'srtp_suites' (at "
+					  "least one suite expected)");
+	}
+
+	*sp = NULL;
+	if (pi == LSIP_SRTP_OFF)
+		return 0;
+
+	s = mem_zalloc(sizeof(*s), msrtp_destructor);
+	if (!s)
+		return ENOMEM;
+
+	s->pol = (enum lsip_srtp_policy)pi;
+	s->suites = suites;
+	*sp = s;
+	return 0;
+}
+
+
+/**
+ * The m= line's transport for our offers: RTP/SAVP only when mandatory
+ *
+ * @param s Media SRTP state or NULL
+ *
+ * @return "RTP/SAVP" or "RTP/AVP"
+ */
+const char *lsip_msrtp_proto(const struct lsip_msrtp *s)
+{
+	return s && s->pol == LSIP_SRTP_MANDATORY ? "RTP/SAVP" : "RTP/AVP";
+}
+
+
+/**
+ * Let an offer's m=audio line match ours whatever its RTP profile
+ *
+ * Call with true before decoding an offer and with false after it, so
+ * that answers to our offers must use the profile we offered.
+ *
+ * @param sm    SDP media line
+ * @param offer true before decoding an offer, false after
+ */
+void lsip_msrtp_protos(struct sdp_media *sm, bool offer)
+{
+	if (offer)
+		(void)sdp_media_set_alt_protos(sm, 2, "RTP/AVP", "RTP/SAVP");
+	else
+		(void)sdp_media_set_alt_protos(sm, 0);
+}
+
+
+/**
+ * Put our a=crypto lines on an offer: one per allowed suite, tags 1, 2,
+ * fresh keys; a re-offer repeats the lines of the first (or the active
+ * line once SRTP runs)
+ *
+ * @param s  Media SRTP state or NULL (plain)
+ * @param sm SDP media line
+ *
+ * @return 0 if success, otherwise errorcode
+ */
+int lsip_msrtp_offer(struct lsip_msrtp *s, struct sdp_media *sm)
+{
+	int i, err = 0;
+
+	if (!s || s->noffered)
+		return 0;
+
+	for (i = 0; i < NSUITES && !err; i++) {
+		struct sdes_key *k = &s->offered[s->noffered];
+
+		if (!(s->suites & (1u << i)))
+			continue;
+
+		err = new_key(k, s->noffered + 1, i);
+		if (!err)
+			err = set_line(sm, s->noffered == 0, k);
+		if (!err)
+			++s->noffered;
+	}
+
+	if (err) {
+		sdp_media_del_lattr(sm, "crypto");
+		s->noffered = 0;
+	}
+
+	return err;
+}
+
+
+struct pick {
+	const struct lsip_msrtp *s;
+	bool answer;             /* match against our offered lines */
+	struct sdes_key k;
+	int offered;             /* index in s->offered */
+	bool found;
+};
+
+
+static bool pick_handler(const char *name, const char *value, void *arg)
+{
+	struct pick *pk = arg;
+	char suite[64];
+	struct pl pl;
+	int i, si;
+
+	(void)name;
+	if (!value)
+		return false;
+
+	pl_set_str(&pl, value);
+	if (lsip_sdes_parse(&pl, &pk->k.tag, suite, sizeof(suite),
+			    pk->k.key))
+		return false;
+
+	si = suite_index(suite);
+	if (si < 0 || !(pk->s->suites & (1u << si)))
+		return false;
+
+	pk->k.suite = si;
+	if (!pk->answer) {
+		pk->found = true;
+		return true;
+	}
+
+	for (i = 0; i < pk->s->noffered; i++) {
+		const struct sdes_key *o = &pk->s->offered[i];
+
+		if (o->tag == pk->k.tag && o->suite == si) {
+			pk->offered = i;
+			pk->found = true;
+			return true;
+		}
+	}
+
+	return false;
+}
+
+
+/**
+ * Answer a decoded offer under the policy: plain, SRTP with the first
+ * acceptable a=crypto line (our fresh key, its tag) or refuse
+ *
+ * @param s   Media SRTP state or NULL (policy off)
+ * @param sm  SDP media line, the offer decoded
+ * @param rtp RTP socket of the media
+ *
+ * @return 0 if success, EPROTO if the policy refuses (488), otherwise
+ *         errorcode
+ */
+int lsip_msrtp_answer(struct lsip_msrtp *s, struct sdp_media *sm,
+		      struct rtp_sock *rtp)
+{
+	struct pick pk;
+	struct sdes_key tx;
+	int r, err;
+
+	memset(&pk, 0, sizeof(pk));
+	pk.s = s;
+	if (s)
+		(void)sdp_media_rattr_apply(sm, "crypto", pick_handler, &pk);
+
+	r = lsip_srtp_negotiate(s ? s->pol : LSIP_SRTP_OFF,
+				sdp_media_proto(sm), pk.found);
+	if (r == 488) {
+		err = EPROTO;
+		goto out;
+	}
+
+	if (r == 0) {
+		if (s) {
+			msrtp_deactivate(s);
+			sdp_media_del_lattr(sm, "crypto");
+			s->noffered = 0;
+		}
+		err = 0;
+		goto out;
+	}
+
+	/* the same key again (a re-offer): keep the sessions */
+	if (s->active && same_key(&pk.k, &s->rx)) {
+		s->tx.tag = pk.k.tag;
+		s->offered[0] = s->tx;
+		err = set_line(sm, true, &s->tx);
+		goto out;
+	}
+
+	err = new_key(&tx, pk.k.tag, pk.k.suite);
+	if (!err)
+		err = msrtp_activate(s, rtp, &tx, &pk.k);
+	if (!err)
+		err = set_line(sm, true, &tx);
+	memset(&tx, 0, sizeof(tx));
+
+ out:
+	memset(&pk, 0, sizeof(pk));
+	return err;
+}
+
+
+/**
+ * Apply the answer to our offer: SRTP with the answered line (its tag
+ * names our key), plain, or refuse
+ *
+ * @param s   Media SRTP state or NULL (we offered plain RTP)
+ * @param sm  SDP media line, the answer decoded
+ * @param rtp RTP socket of the media
+ *
+ * @return 0 if success, EPROTO if the answer is not acceptable (no
+ *         crypto while mandatory, another profile), otherwise errorcode
+ */
+int lsip_msrtp_apply(struct lsip_msrtp *s, struct sdp_media *sm,
+		     struct rtp_sock *rtp)
+{
+	struct pick pk;
+	int err = 0;
+
+	if (!s)
+		return 0;
+
+	/* libre zeroes the port of an answer in another profile */
+	if (!sa_port(sdp_media_raddr(sm)))
+		return EPROTO;
+
+	memset(&pk, 0, sizeof(pk));
+	pk.s = s;
+	pk.answer = true;
+	(void)sdp_media_rattr_apply(sm, "crypto", pick_handler, &pk);
+
+	if (!pk.found) {
+		if (s->pol == LSIP_SRTP_MANDATORY)
+			return EPROTO;
+		msrtp_deactivate(s);
+		return 0;
+	}
+
+	if (!s->active || !same_key(&pk.k, &s->rx) ||
+	    !same_key(&s->offered[pk.offered], &s->tx)) {
+		struct sdes_key tx = s->offered[pk.offered];
+
+		err = msrtp_activate(s, rtp, &tx, &pk.k);
+		memset(&tx, 0, sizeof(tx));
+	}
+
+	/* re-offers carry the line in use only */
+	if (!err)
+		err = set_line(sm, true, &s->tx);
+
+	memset(&pk, 0, sizeof(pk));
+	return err;
+}
+
+
+/**
+ * Hand the udp helpers over to the rtp_sock, which is freed next (at
+ * once: the media holds its only reference) and frees them; the state
+ * must outlive that, as the helpers still protect the RTCP BYE
+ *
+ * @param s Media SRTP state or NULL
+ */
+void lsip_msrtp_detach(struct lsip_msrtp *s)
+{
+	if (!s)
+		return;
+
+	s->uh_rtp = NULL;
+	s->uh_rtcp = NULL;
+}
+
+
+/**
+ * Add the SRTP fields to the media stats table on top of the stack:
+ * srtp (suite name, or false while plain), srtp_fail (RTP packets that
+ * failed authentication, dropped), srtp_replay (replayed or too old,
+ * dropped), srtcp_fail (RTCP packets dropped), srtp_tx_fail (packets
+ * not sent because protecting failed)
+ *
+ * @param L Lua state, table on top
+ * @param s Media SRTP state or NULL
+ */
+void lsip_msrtp_stats(lua_State *L, const struct lsip_msrtp *s)
+{
+	if (s && s->active)
+		lua_pushstring(L, suite_names[s->tx.suite]);
+	else
+		lua_pushboolean(L, 0);
+	lua_setfield(L, -2, "srtp");
+	lua_pushinteger(L, s ? s->fail : 0);
+	lua_setfield(L, -2, "srtp_fail");
+	lua_pushinteger(L, s ? s->replay : 0);
+	lua_setfield(L, -2, "srtp_replay");
+	lua_pushinteger(L, s ? s->rtcp_fail : 0);
+	lua_setfield(L, -2, "srtcp_fail");
+	lua_pushinteger(L, s ? s->tx_err : 0);
+	lua_setfield(L, -2, "srtp_tx_fail");
+}
+
+
 /* Lua test hooks (internal) */
 
 
@@ -736,6 +1322,20 @@ static int l_negotiate(lua_State *L)
 					       luaL_checkstring(L, 2),
 					       lua_toboolean(L, 3)));
 	return 1;
+}
+
+
+/**
+ * Shut libsrtp2 down (at lua_close, after every session is freed), so that
+ * its crypto kernel is not left allocated when core.so is unloaded
+ */
+void lsip_srtp_close(void)
+{
+	if (!srtp_inited)
+		return;
+
+	(void)srtp_shutdown();
+	srtp_inited = false;
 }
 
 

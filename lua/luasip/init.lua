@@ -195,7 +195,8 @@ end
 --   `from` (default From URI), `user_agent`, `tls` = { cert, key, ca,
 --   verify (default true) }, `proxy` (true: INVITEs arrive as requests,
 --   to `req:forward()`, instead of calls), `rtp_ports` ({ min, max } for
---   media calls, default { 10000, 20000 })
+--   media calls, default { 10000, 20000 }), `srtp` and `srtp_suites`
+--   (defaults of the endpoint's media calls, see EP.call)
 -- @return endpoint, or nil, message, code
 function _M.endpoint(opts)
     if type(opts) ~= "table" then argerror("endpoint", 1, "table", type(opts)) end
@@ -366,7 +367,10 @@ end
 --   it from the answer on, see luasip.media), `codecs` (with media:
 --   { "PCMU", "PCMA" } in order of preference), `symmetric` (latch RTP
 --   to the first source), `direction` ("sendrecv", ...),
---   `telephone_event` (false: no RFC 4733, digits detected in-band)
+--   `telephone_event` (false: no RFC 4733, digits detected in-band),
+--   `srtp` ("off" default, "optional": RTP/AVP with a=crypto,
+--   "mandatory": RTP/SAVP), `srtp_suites` (list of
+--   "AES_CM_128_HMAC_SHA1_80" / "_32" to offer, default both)
 -- @return call, or nil, message, code (code: SIP status or errno;
 --   488 when the answer has no codec we allow)
 function EP.call(ep, uri, opts)
@@ -443,7 +447,8 @@ end
 
 --- Send 183 Session Progress (with an SDP body for early media).
 -- @tparam[opt] table opts `headers`, `body`, or `media = true` (and
---   `codecs`) to answer the offer and start early media
+--   `codecs`, `srtp`, ... as `answer`) to answer the offer and start
+--   early media
 -- @return true, or nil, message, code
 function CALL.progress(call, opts)
     opts = check_opts("progress", opts)
@@ -464,7 +469,9 @@ end
 --   (seconds to wait for the ACK, default 32), `media` (true: answer the
 --   INVITE's SDP offer with RTP audio and start it when established; an
 --   offer without a common codec gets 488), `codecs` ({ "PCMU", "PCMA" }:
---   allowed, the offerer's order decides), `symmetric`, `direction`
+--   allowed, the offerer's order decides), `symmetric`, `direction`,
+--   `srtp` ("off", "optional", "mandatory": the offer's SRTP must fit
+--   or the call gets 488), `srtp_suites`
 -- @return call, or nil, message, code ("hangup"/"cancelled"/"timeout")
 function CALL.answer(call, opts)
     opts = check_opts("answer", opts)

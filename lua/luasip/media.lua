@@ -18,9 +18,12 @@ local _M = {}
 local media_of = setmetatable({}, { __mode = "k" })  -- call -> media
 local call_ep = setmetatable({}, { __mode = "k" })   -- incoming call -> ep
 local ep_ports = setmetatable({}, { __mode = "k" })  -- ep -> { min, max }
+local ep_srtp = setmetatable({}, { __mode = "k" })   -- ep -> { policy, suites }
 local sdp_cache = setmetatable({}, { __mode = "k" }) -- media -> our answer
 
 local DEFAULT_CODECS = { "PCMU", "PCMA" }
+local SRTP_POLICIES = { off = true, optional = true, mandatory = true }
+local SRTP_SUITES = { AES_CM_128_HMAC_SHA1_80 = true, AES_CM_128_HMAC_SHA1_32 = true }
 local DIGITS = "0123456789*#ABCD"
 
 
@@ -29,8 +32,38 @@ local function argerror(fname, what, got)
 end
 
 
---- Record an endpoint's media options (`rtp_ports = { min, max }`).
+-- raise unless srtp / srtp_suites are valid option values (level: caller's)
+local function check_srtp(srtp, suites, level)
+    if srtp ~= nil and not SRTP_POLICIES[srtp] then
+        error(('bad option \'srtp\' ("off", "optional" or "mandatory" expected, got %s)'):format(
+            type(srtp) == "string" and '"' .. srtp .. '"' or tostring(srtp)), level + 1)
+    end
+    if suites ~= nil then
+        local ok = type(suites) == "table" and #suites > 0
+        for _, v in ipairs(type(suites) == "table" and suites or {}) do
+            if not SRTP_SUITES[v] then ok = false end
+        end
+        if not ok then
+            local got = { tostring(suites) }
+            if type(suites) == "table" then
+                got = {}
+                for i, v in ipairs(suites) do got[i] = tostring(v) end
+            end
+            error(("bad option 'srtp_suites' (list of AES_CM_128_HMAC_SHA1_80 / _32 expected, got %s)"):format(
+                table.concat(got, ",")), level + 1)
+        end
+    end
+end
+
+
+--- Record an endpoint's media options (`rtp_ports = { min, max }`,
+-- `srtp` and `srtp_suites`: the default of its media calls).
 function _M.set_endpoint(ep, opts)
+    check_srtp(opts.srtp, opts.srtp_suites, 3)
+    if ep and (opts.srtp ~= nil or opts.srtp_suites ~= nil) then
+        local suites = opts.srtp_suites and table.move(opts.srtp_suites, 1, #opts.srtp_suites, 1, {})
+        ep_srtp[ep] = { opts.srtp, suites }
+    end
     local r = opts.rtp_ports
     if r ~= nil then
         if type(r) ~= "table" or math.type(r[1]) ~= "integer" or math.type(r[2]) ~= "integer"
@@ -78,9 +111,14 @@ local function new_media(call, ep, opts)
     local codecs = opts.codecs or DEFAULT_CODECS
     if type(codecs) ~= "table" then argerror("media", "codecs: list of codec names", type(codecs)) end
     local ports = ep and ep_ports[ep] or { 10000, 20000 }
+    check_srtp(opts.srtp, opts.srtp_suites, 4)
+    local eps = ep and ep_srtp[ep] or {}
+    local srtp, suites = opts.srtp, opts.srtp_suites
+    if srtp == nil then srtp = eps[1] end
+    if suites == nil then suites = eps[2] end
     local m, err, code = core.media(local_ip(call, ep, opts), ports[1], ports[2], codecs,
                                     opts.symmetric and true or false,
-                                    opts.telephone_event ~= false)
+                                    opts.telephone_event ~= false, srtp, suites)
     if not m then return nil, err, code end
     if opts.direction then m:set_direction(opts.direction) end
     return m
