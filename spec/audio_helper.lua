@@ -10,7 +10,7 @@ function audio.read_wav(path)
     f:close()
     assert(s:sub(1, 4) == "RIFF" and s:sub(9, 12) == "WAVE", path .. ": not a WAV file")
     local pos, rate, data = 13, nil, nil
-    while pos + 8 <= #s do
+    while pos + 7 <= #s do
         local id, len = s:sub(pos, pos + 3), string.unpack("<I4", s, pos + 4)
         if id == "fmt " then
             rate = string.unpack("<I4", s, pos + 12)

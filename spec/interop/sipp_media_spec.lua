@@ -24,7 +24,7 @@ end
 local function missing(dir)
     for _, tool in ipairs { "sipp", "dumpcap", "sox" } do
         if not sh_ok("command -v " .. tool .. " >/dev/null 2>&1") then
-            return tool .. " is not installed (Debian: sip-tester, tshark, sox)"
+            return tool .. " is not installed (Debian: sip-tester, wireshark-common, sox)"
         end
     end
     if not (io.popen("sipp -v 2>&1"):read("a") or ""):match("RTPSTREAM") then
