@@ -324,8 +324,8 @@ static int call_accept(struct lsip_call *call, uint16_t scode,
 	err = sipsess_accept(&call->sess, sock, call->msg, scode, reason,
 			     lsip_ep_user(call->ep), "application/sdp", desc,
 			     NULL, NULL, false, offer_handler, answer_handler,
-			     estab_handler, info_handler, refer_handler, close_handler,
-			     call, "%s%b", allow_hdr,
+			     estab_handler, info_handler, refer_handler,
+			     close_handler, call, "%s%b", allow_hdr,
 			     hdrs ? hdrs->buf : NULL, hdrs ? hdrs->end : 0);
 
 	return err;
