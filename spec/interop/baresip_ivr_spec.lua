@@ -4,7 +4,9 @@
 -- telephone-events), leaves a message (its ausine source: a 440 Hz sine)
 -- which is measured in the IVR's WAV file, hears it back (measured in
 -- the WAV file baresip's sndfile module writes), and is transferred with
--- REFER to a luasip endpoint. Tagged #noasan (separate processes).
+-- REFER to a luasip endpoint; and baresip transferring a call to luasip
+-- (its "transfer" command), which takes the REFER with call:on("refer")
+-- and NOTIFYs the outcome. Tagged #noasan (separate processes).
 local h = require "spec.helper"
 local audio = require "spec.audio_helper"
 local b = require "spec.interop.baresip_helper"
@@ -115,5 +117,52 @@ describe("interop with baresip calling examples/ivr.lua #noasan", function()
         assert.not_matches("task error", out)
         assert.is_true(heard >= 1.2, "baresip heard 440 Hz for " .. heard .. " s\n" .. out)
         assert.truthy(message)
+    end)
+    it("baresip transfers a call to luasip: call:on('refer') accepts, calls the target, NOTIFYs 200", function()
+        local dir = os.tmpname()
+        os.remove(dir)
+        assert(os.execute("mkdir -m 700 " .. dir))
+        local bport, ctlport, blog = b.free_ports(), b.free_ports(), dir .. "/baresip.log"
+        b.write(dir .. "/config", b.config(bport, ctlport, 440, { "net_interface 127.0.0.1" }))
+        b.write(dir .. "/accounts", "<sip:alice@127.0.0.1>;regint=0\n")
+        local baresip = h.spawn_process(("baresip -f %s -t 25"):format(dir), blog)
+        local seen = {}
+        local ok, err = pcall(h.run, function()
+            local bob, carol = h.endpoint { user = "bob" }, h.endpoint { user = "carol" }
+            carol:on("INVITE", function(call)
+                seen.carol_from = call.from.uri
+                assert(call:answer { media = true })
+                seen.carol_ended = call:wait_hangup(10)
+            end)
+            bob:on("INVITE", function(call)
+                call:on("refer", function(c, refer)
+                    seen.target, seen.referred_by = refer.target, refer.referred_by
+                    assert(refer:accept())
+                    local c2, e, code = bob:call(refer.target, { media = true, timeout = 5 })
+                    assert(refer:notify(c2 and 200 or code, c2 and "OK" or e))
+                    if c2 then sip.sleep(0.5); c2:hangup() end
+                end)
+                assert(call:answer { media = true })
+                seen.bob_ended = call:wait_hangup(15)
+            end)
+            local ctl = b.ctrl_connect(ctlport)
+            ctl.send("dial", h.uri(bob, "bob"))
+            assert.truthy(ctl.expect('"CALL_ESTABLISHED"', 10), "baresip: bob did not answer")
+            sip.sleep(0.5)
+            ctl.send("transfer", h.uri(carol, "carol"))
+            -- baresip hangs up once our final NOTIFY says 200
+            assert.truthy(ctl.expect('"CALL_CLOSED"', 10), "baresip kept the call")
+            assert.truthy(ctl.expect('"param":"Call transfered"', 2), "baresip closed the call for another reason")
+            assert.equal("hangup", b.wait_until(function() return seen.bob_ended end, 5))
+            assert.equal("hangup", b.wait_until(function() return seen.carol_ended end, 5))
+            ctl.close()
+        end, 25)
+        h.kill(baresip)
+        os.execute("sleep 0.2")
+        local out = "--- baresip:\n" .. (h.readfile(blog) or "")
+        os.execute("rm -rf " .. dir)
+        assert(ok, tostring(err) .. "\n" .. out)
+        assert.matches("^sip:carol@127%.0%.0%.1:%d+$", seen.target)
+        assert.matches("^sip:bob@127%.0%.0%.1", seen.carol_from)
     end)
 end)
