@@ -40,6 +40,7 @@ end
 local function leave_message(call)
     if call:play(prompt("record")) ~= true then return end
     call:play { tone = 1000, duration = 0.25 }
+    call:collect { timeout = 0 }                -- drop digits pressed so far
     count = count + 1
     local path = ("%s/msg-%d-%d.wav"):format(SPOOL, os.time(), count)
     log("recording %s", path)
