@@ -148,6 +148,57 @@ describe("luasip.transfer", function()
         end)
     end)
 
+    it("answers bad NOTIFYs of a pending transfer with 400 and takes a good final one", function()
+        local socket = require "socket"
+        run(function()
+            local a, b = h.endpoint { user = "alice" }, h.endpoint()
+            local acall = connect(a, b, function(_, refer)
+                assert(refer:accept())
+                sip.sleep(3)
+            end)
+            local result
+            sip.spawn(function() result = { acall:transfer("sip:x@127.0.0.1:9", { timeout = 5 }) } end)
+            sip.sleep(0.3)
+            local port = tonumber(a:uri():match(":(%d+)$"))
+            local u = assert(socket.udp())
+            assert(u:setpeername("127.0.0.1", port))
+            u:settimeout(0)
+            local cseq = 4000000000
+            -- a NOTIFY in the call's dialog as b would send it
+            local function notify(state, body)
+                cseq = cseq + 1
+                local lines = {
+                    ("NOTIFY %s SIP/2.0"):format(a:uri()),
+                    ("Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKxfer%d;rport"):format(cseq),
+                    ("From: <sip:bob@127.0.0.1>;tag=%s"):format(acall.to.tag),
+                    ("To: <sip:alice@127.0.0.1>;tag=%s"):format(acall.from.tag),
+                    "Call-ID: " .. acall.call_id,
+                    ("CSeq: %d NOTIFY"):format(cseq),
+                    "Contact: <sip:bob@127.0.0.1:9>",
+                    "Max-Forwards: 70",
+                    "Event: refer",
+                }
+                if state then lines[#lines + 1] = "Subscription-State: " .. state end
+                lines[#lines + 1] = "Content-Type: message/sipfrag;version=2.0"
+                lines[#lines + 1] = "Content-Length: " .. #body
+                assert(u:send(table.concat(lines, "\r\n") .. "\r\n\r\n" .. body))
+                local dl = sip.now() + 2
+                repeat
+                    local d = u:receive()
+                    if d then return d:match("^SIP/2.0 (%d+)") end
+                    sip.sleep(0.01)
+                until sip.now() > dl
+            end
+            assert.equal("400", notify("active", "not a status line"))
+            assert.equal("400", notify(nil, "SIP/2.0 200 OK\r\n"))
+            assert.is_nil(result)                              -- still waiting
+            assert.equal("200", notify("terminated;reason=noresource", "SIP/2.0 202 Accepted\r\n"))
+            u:close()
+            sip.sleep(0.1)
+            assert.same({ true, 202, "Accepted" }, result)
+        end, 8)
+    end)
+
     it("raises on a bad target and fails on a call that is not established", function()
         run(function()
             local a, b = h.endpoint(), h.endpoint()
