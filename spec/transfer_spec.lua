@@ -17,6 +17,40 @@ local function run(fn, seconds)
 end
 
 
+local cseq = 4000000000
+
+-- send a request in an outgoing call's dialog to its endpoint ep from a
+-- raw UDP socket, as the far end would; returns the response status
+local function raw_request(ep, call, method, headers, body)
+    local socket = require "socket"
+    local ltag, rtag = call.from.tag, call.to.tag       -- of the 200 OK
+    cseq = cseq + 1
+    local lines = {
+        ("%s %s SIP/2.0"):format(method, ep:uri()),
+        ("Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKraw%d;rport"):format(cseq),
+        ("From: <sip:peer@127.0.0.1>;tag=%s"):format(rtag),
+        ("To: <%s>;tag=%s"):format(ep:uri(), ltag),
+        "Call-ID: " .. call.call_id,
+        ("CSeq: %d %s"):format(cseq, method),
+        "Contact: <sip:peer@127.0.0.1:9>",
+        "Max-Forwards: 70",
+    }
+    for _, hd in ipairs(headers) do lines[#lines + 1] = hd end
+    lines[#lines + 1] = "Content-Length: " .. #body
+    local u = assert(socket.udp())
+    assert(u:setpeername("127.0.0.1", tonumber(ep:uri():match(":(%d+)$"))))
+    u:settimeout(0)
+    assert(u:send(table.concat(lines, "\r\n") .. "\r\n\r\n" .. body))
+    local dl = sip.now() + 2
+    repeat
+        local d = u:receive()
+        if d then u:close(); return d:match("^SIP/2.0 (%d+)") end
+        sip.sleep(0.01)
+    until sip.now() > dl
+    u:close()
+end
+
+
 -- a (transferor) calls b (transferee); returns a's call, b's call
 local function connect(a, b, on_refer)
     local bcall
@@ -149,7 +183,6 @@ describe("luasip.transfer", function()
     end)
 
     it("answers bad NOTIFYs of a pending transfer with 400 and takes a good final one", function()
-        local socket = require "socket"
         run(function()
             local a, b = h.endpoint { user = "alice" }, h.endpoint()
             local acall = connect(a, b, function(_, refer)
@@ -159,44 +192,33 @@ describe("luasip.transfer", function()
             local result
             sip.spawn(function() result = { acall:transfer("sip:x@127.0.0.1:9", { timeout = 5 }) } end)
             sip.sleep(0.3)
-            local port = tonumber(a:uri():match(":(%d+)$"))
-            local u = assert(socket.udp())
-            assert(u:setpeername("127.0.0.1", port))
-            u:settimeout(0)
-            local cseq = 4000000000
-            -- a NOTIFY in the call's dialog as b would send it
             local function notify(state, body)
-                cseq = cseq + 1
-                local lines = {
-                    ("NOTIFY %s SIP/2.0"):format(a:uri()),
-                    ("Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKxfer%d;rport"):format(cseq),
-                    ("From: <sip:bob@127.0.0.1>;tag=%s"):format(acall.to.tag),
-                    ("To: <sip:alice@127.0.0.1>;tag=%s"):format(acall.from.tag),
-                    "Call-ID: " .. acall.call_id,
-                    ("CSeq: %d NOTIFY"):format(cseq),
-                    "Contact: <sip:bob@127.0.0.1:9>",
-                    "Max-Forwards: 70",
-                    "Event: refer",
-                }
-                if state then lines[#lines + 1] = "Subscription-State: " .. state end
-                lines[#lines + 1] = "Content-Type: message/sipfrag;version=2.0"
-                lines[#lines + 1] = "Content-Length: " .. #body
-                assert(u:send(table.concat(lines, "\r\n") .. "\r\n\r\n" .. body))
-                local dl = sip.now() + 2
-                repeat
-                    local d = u:receive()
-                    if d then return d:match("^SIP/2.0 (%d+)") end
-                    sip.sleep(0.01)
-                until sip.now() > dl
+                local hs = { "Event: refer", "Content-Type: message/sipfrag;version=2.0" }
+                if state then hs[#hs + 1] = "Subscription-State: " .. state end
+                return raw_request(a, acall, "NOTIFY", hs, body)
             end
             assert.equal("400", notify("active", "not a status line"))
             assert.equal("400", notify(nil, "SIP/2.0 200 OK\r\n"))
             assert.is_nil(result)                              -- still waiting
             assert.equal("200", notify("terminated;reason=noresource", "SIP/2.0 202 Accepted\r\n"))
-            u:close()
             sip.sleep(0.1)
             assert.same({ true, 202, "Accepted" }, result)
         end, 8)
+    end)
+
+    it("answers a REFER without exactly one Refer-To with 400, whatever the script", function()
+        run(function()
+            local a, b = h.endpoint { user = "alice" }, h.endpoint()
+            local acall = connect(a, b)
+            local seen = 0
+            acall:on("refer", function(_, refer) seen = seen + 1; refer:accept() end)
+            assert.equal("400", raw_request(a, acall, "REFER", {}, ""))
+            assert.equal("400", raw_request(a, acall, "REFER", {
+                "Refer-To: <sip:x@127.0.0.1>", "Refer-To: <sip:y@127.0.0.1>" }, ""))
+            assert.equal("202", raw_request(a, acall, "REFER", { "Refer-To: <sip:x@127.0.0.1>" }, ""))
+            assert.equal(1, seen)
+            acall:hangup()
+        end)
     end)
 
     it("raises on a bad target and fails on a call that is not established", function()
