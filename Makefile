@@ -79,7 +79,7 @@ ASAN_FLAGS	= -fsanitize=address -fno-omit-frame-pointer
 LIBASAN		= $(shell $(CC) -print-file-name=libasan.so)
 ASAN_OPTIONS	?= detect_leaks=0
 
-.PHONY: all test test-asan check demo install clean bench deps
+.PHONY: all test test-asan check demo install clean bench deps prompts
 
 all: $(CORE)
 
@@ -99,7 +99,7 @@ $(STATIC_LIBS):
 # .busted sets lpath, cpath (build/?.so), ROOT spec/ and excludes #slow.
 # busted re-runs itself under --lua with its arguments joined by spaces,
 # unquoted: BUSTED_ARGS values must not contain spaces.
-test: all
+test: all prompts
 	$(BUSTED) --lua=$(LUA) $(BUSTED_ARGS)
 
 # Sanitized build in build-asan/; the uninstrumented lua5.4 needs libasan
@@ -122,9 +122,16 @@ check:
 	find lua spec examples bench -name '*.lua' 2>/dev/null \
 		| xargs -r -n 1 $(LUAC) -p
 
-demo: all
+demo: all prompts
 	LUA_PATH_5_4='lua/?.lua;lua/?/init.lua;;' \
 	LUA_CPATH_5_4='$(BUILD)/?.so;;' $(LUA) examples/demo.lua
+
+# The IVR's spoken prompts (examples/ivr.lua), synthesized with espeak-ng
+# and resampled to 8 kHz with sox: generated, never kept in the repository.
+prompts: $(BUILD)/prompts/menu.wav
+
+$(BUILD)/prompts/menu.wav: tools/prompts.sh
+	sh tools/prompts.sh $(BUILD)/prompts
 
 install: all
 	install -d $(DESTDIR)$(LUA_LIBDIR)/luasip

@@ -50,7 +50,8 @@ struct lsip_call {
 
 
 static const char allow_hdr[] =
-	"Allow: INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, MESSAGE, NOTIFY\r\n";
+	"Allow: INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, MESSAGE, NOTIFY, "
+	"REFER\r\n";
 
 
 static void call_destructor(void *arg)
@@ -194,6 +195,18 @@ static void info_handler(struct sip *sip, const struct sip_msg *msg,
 }
 
 
+/* in-dialog REFER (sipsess checked its CSeq): refer.c decides */
+static void refer_handler(struct sip *sip, const struct sip_msg *msg,
+			  void *arg)
+{
+	struct lsip_call *call = arg;
+	(void)sip;
+
+	lsip_refer_incoming(call->ep, sipsess_dialog(call->sess), msg,
+			    call->self);
+}
+
+
 static void close_handler(int err, const struct sip_msg *msg, void *arg)
 {
 	struct lsip_call *call = arg;
@@ -311,8 +324,8 @@ static int call_accept(struct lsip_call *call, uint16_t scode,
 	err = sipsess_accept(&call->sess, sock, call->msg, scode, reason,
 			     lsip_ep_user(call->ep), "application/sdp", desc,
 			     NULL, NULL, false, offer_handler, answer_handler,
-			     estab_handler, info_handler, NULL, close_handler,
-			     call, "%s%b", allow_hdr,
+			     estab_handler, info_handler, refer_handler,
+			     close_handler, call, "%s%b", allow_hdr,
 			     hdrs ? hdrs->buf : NULL, hdrs ? hdrs->end : 0);
 
 	return err;
@@ -635,7 +648,7 @@ static int l_call_new(lua_State *L)
 			      creds ? lsip_auth_handler : NULL, creds, true,
 			      offer_handler,
 			      answer_handler, progress_handler, estab_handler,
-			      info_handler, NULL, close_handler, call,
+			      info_handler, refer_handler, close_handler, call,
 			      "%s%b", allow_hdr,
 			      hdrs ? hdrs->buf : NULL, hdrs ? hdrs->end : 0);
 
@@ -661,6 +674,29 @@ static void push_desc(lua_State *L, const struct mbuf *mb)
 		lua_pushlstring(L, (const char *)mb->buf, mb->end);
 	else
 		lua_pushnil(L);
+}
+
+
+/**
+ * The dialog of an established call, for requests inside it (refer.c)
+ *
+ * @param L   Lua state
+ * @param idx Stack index of a luasip.call (raises on another type)
+ * @param epp Set to the call's endpoint
+ *
+ * @return The dialog, or NULL if the call is closed or not established
+ */
+struct sip_dialog *lsip_call_dialog(lua_State *L, int idx,
+				    struct lsip_ep **epp)
+{
+	struct lsip_call **box = lsip_checkbox(L, idx, LSIP_CALL_MT);
+	struct lsip_call *call = *box;
+
+	if (!call || !call->sess || call->state != CALL_ESTABLISHED)
+		return NULL;
+
+	*epp = call->ep;
+	return sipsess_dialog(call->sess);
 }
 
 

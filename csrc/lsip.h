@@ -101,6 +101,13 @@ int  lsip_auth_handler(char **user, char **pass, const char *realm,
 
 /* call.c */
 void lsip_call_incoming(struct lsip_ep *ep, const struct sip_msg *msg);
+struct sip_dialog *lsip_call_dialog(lua_State *L, int idx,
+				    struct lsip_ep **epp);
+
+/* refer.c: REFER in a call's dialog, both directions */
+void lsip_refer_incoming(struct lsip_ep *ep, struct sip_dialog *dlg,
+			 const struct sip_msg *msg, int callref);
+bool lsip_refer_notify(struct lsip_ep *ep, const struct sip_msg *msg);
 
 /* proxy.c */
 bool lsip_proxy_incoming(struct lsip_ep *ep, const struct sip_msg *msg,
@@ -165,3 +172,4 @@ int lsip_open_media(lua_State *L);
 int lsip_open_redis(lua_State *L);
 int lsip_open_srtp(lua_State *L);
 void lsip_srtp_close(void);       /* srtp.c, at lua_close (core.c) */
+int lsip_open_refer(lua_State *L);

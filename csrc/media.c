@@ -901,7 +901,9 @@ static int l_media_play_tone(lua_State *L)
 		if (f < 0 || f > 4000)
 			return luaL_error(L, "bad option 'tone' (0-4000 Hz "
 					  "expected, got %d)", (int)f);
-		err = autone_sine(m->tone, SRATE, (uint32_t)f, 16000, 0, 0);
+		/* librem's level is in percent of full scale (100 =
+		 * 32767); more wraps the int16 samples around */
+		err = autone_sine(m->tone, SRATE, (uint32_t)f, 50, 0, 0);
 	}
 	if (err || m->tone->end < 2) {
 		play_stop(m);

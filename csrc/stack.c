@@ -338,6 +338,11 @@ static bool request_handler(const struct sip_msg *msg, void *arg)
 		return true;
 	}
 
+	/* NOTIFYs of a transfer we started (refer.c) */
+	if (indialog && !pl_strcmp(&msg->met, "NOTIFY") &&
+	    lsip_refer_notify(ep, msg))
+		return true;
+
 	/* in-dialog requests follow a Route naming us (proxy.c) */
 	if (lsip_proxy_incoming(ep, msg, ep->proxy))
 		return true;

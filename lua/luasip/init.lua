@@ -549,6 +549,10 @@ function CALL.detach(call)
 end
 
 
+-- call:transfer(target) and call:on("refer", fn) (see luasip.transfer)
+require "luasip.transfer"
+
+
 --- Digest authentication: req/call `:challenge`, `:authenticate`,
 -- `:require_auth` (installed on load) and helpers (see luasip.auth).
 _M.auth = require "luasip.auth"

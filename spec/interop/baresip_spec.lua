@@ -4,69 +4,16 @@
 -- answers by itself (answermode=auto); driven over its ctrl_tcp socket,
 -- baresip calls a luasip phone registered as bob and a number the router
 -- sends to a luasip gateway after a 407 challenge. Signalling is what is
--- asserted; baresip sends a sine tone and plays into a WAV file.
+-- asserted (baresip sends a sine tone; its audio: baresip_ivr_spec.lua).
 -- baresip runs headless with a config directory made here (no stdio UI,
 -- stdin closed) and its own time limit (-t).
 local h = require "spec.helper"
 local sip = h.sip
 
 local ENV = "env LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/?.so;;' "
-local MODDIR = "/usr/lib/baresip/modules"
-local MODULES = { "g711", "ausine", "aufile", "account", "menu", "ctrl_tcp" }
-
-local has_socket, socket = pcall(require, "socket")
-
-
-local function missing()
-    if not os.execute("command -v baresip >/dev/null 2>&1") then
-        return "baresip is not installed (apt-get install baresip-core)"
-    end
-    if not has_socket then return "LuaSocket is missing (apt-get install lua-socket)" end
-    for _, m in ipairs(MODULES) do
-        if not io.open(MODDIR .. "/" .. m .. ".so") then
-            return "baresip module " .. m .. ".so not found in " .. MODDIR
-        end
-    end
-end
-
-
--- a port free for UDP and TCP, with the next one free too (baresip also
--- binds sip_listen's port + 1)
-local function free_ports()
-    for _ = 1, 50 do
-        local p = h.free_port()
-        local socks, ok = {}, p < 65535
-        for _, port in ipairs { p, p + 1 } do
-            for _, mk in ipairs { socket.udp, socket.tcp } do
-                local s = mk()
-                socks[#socks + 1] = s
-                if not s:setsockname("127.0.0.1", port) then ok = false end
-            end
-        end
-        for _, s in ipairs(socks) do s:close() end
-        if ok then return p end
-    end
-    error("no free pair of ports")
-end
-
-
-local function write(path, s)
-    local f = assert(io.open(path, "w"))
-    f:write(s)
-    f:close()
-end
-
-
--- wait (yielding) until fn() is truthy or seconds pass; returns its value
-local function wait_until(fn, seconds)
-    local dl = sip.now() + seconds
-    repeat
-        local v = fn()
-        if v then return v end
-        sip.sleep(0.05)
-    until sip.now() > dl
-    return fn()
-end
+local b = require "spec.interop.baresip_helper"
+local missing, free_ports, write, wait_until, ctrl_connect =
+    b.missing, b.free_ports, b.write, b.wait_until, b.ctrl_connect
 
 
 -- router + baresip (alice) on fresh ports; gateway: host:port for numbers
@@ -80,19 +27,7 @@ local function start(gateway)
     os.remove(w.dir)
     assert(os.execute("mkdir -m 700 " .. w.dir))
     w.rlog, w.blog = w.dir .. "/router.log", w.dir .. "/baresip.log"
-    write(w.dir .. "/config", table.concat({
-        "poll_method epoll",
-        "sip_listen 127.0.0.1:" .. w.bport,
-        "audio_source ausine,440",
-        "ausrc_srate 48000", "ausrc_channels 2",  -- all that ausine makes
-        "audio_player aufile," .. w.dir .. "/play.wav",
-        "audio_alert aufile," .. w.dir .. "/alert.wav",
-        "module_path " .. MODDIR,
-        "module g711.so", "module ausine.so", "module aufile.so",
-        "module_tmp account.so",
-        "module_app menu.so", "module_app ctrl_tcp.so",
-        "ctrl_tcp_listen 127.0.0.1:" .. w.cport,
-        "" }, "\n"))
+    write(w.dir .. "/config", b.config(w.bport, w.cport, 440))
     write(w.dir .. "/accounts", ("<sip:alice@127.0.0.1:%d>;auth_pass=wonderland;answermode=auto\n")
         :format(w.rport))
     w.router = h.spawn_process(ENV .. ("lua5.4 examples/router.lua %d %s 40"):format(
@@ -114,39 +49,6 @@ local function stop(w)
         h.readfile(w.rlog) or "", h.readfile(w.blog) or "")
     os.execute("sleep 0.1; rm -rf " .. w.dir)
     return out
-end
-
-
--- baresip's ctrl_tcp: netstring-framed JSON commands, responses and events
-local function ctrl_connect(port)
-    local c
-    local connected = wait_until(function()
-        c = socket.tcp()
-        if c:connect("127.0.0.1", port) then return true end
-        c:close()
-    end, 5)
-    assert(connected, "baresip's ctrl_tcp did not accept a connection")
-    c:settimeout(0)
-    local ctl = { buf = "" }
-    function ctl.send(command, params)
-        local js = ('{"command":"%s","params":"%s","token":"t"}'):format(command, params or "")
-        assert(c:send(#js .. ":" .. js .. ","))
-    end
-    -- wait for a message matching pattern (plain), read so far or arriving
-    function ctl.expect(pattern, seconds)
-        return wait_until(function()
-            local data, _, partial = c:receive(65536)
-            ctl.buf = ctl.buf .. (data or partial or "")
-            local i = ctl.buf:find(pattern, 1, true)
-            if i then
-                local msg = ctl.buf:sub(1, ctl.buf:find(",", i, true) or -1)
-                ctl.buf = ctl.buf:sub(#msg + 1)
-                return msg
-            end
-        end, seconds)
-    end
-    ctl.close = function() c:close() end
-    return ctl
 end
 
 
