@@ -8,6 +8,7 @@
  */
 
 #include "lsip.h"
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <unistd.h>
 #define DEBUG_MODULE "luasip"
@@ -71,6 +72,23 @@ static int l_sentinel_gc(lua_State *L)
 }
 
 
+/*
+ * Keep core.so mapped after lua_close: Lua unloads C modules at exit,
+ * and with them the statics that still point at libre's and libsrtp2's
+ * process-wide allocations (DNS config, crypto kernel), which a leak
+ * checker would then report as lost. libre, once initialised, is not
+ * made to be loaded twice anyway.
+ */
+static void pin_module(void)
+{
+	Dl_info info;
+
+	if (dladdr((void *)pin_module, &info) && info.dli_fname)
+		(void)dlopen(info.dli_fname,
+			     RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
+
 /**
  * Open the luasip.core module
  *
@@ -91,6 +109,8 @@ int luaopen_luasip_core(lua_State *L)
 					  strerror(err));
 		(void)fd_setsize(8192);
 		inited = true;
+		pin_module();
+		lsip_mem_init();
 
 		lua_newuserdatauv(L, 0, 0);
 		lua_newtable(L);

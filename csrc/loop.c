@@ -206,6 +206,75 @@ static struct {
 } trim;
 
 
+/*
+ * glibc caches the last 7 freed chunks of each small size (its tcache:
+ * 64 sizes, 24 to 1032 bytes). malloc_trim() does not empty it, and
+ * after a burst those chunks lie all over the peak-sized heap, each
+ * keeping its page. So the module holds one set of "plug" chunks,
+ * allocated while the heap is small: before the last trim the cached
+ * chunks are taken out, the plugs go in their place, and the taken
+ * chunks are freed past the full cache, where the trim can release
+ * them; then the plugs are taken back (the cache is LIFO).
+ */
+enum { TCACHE_BINS = 64, TCACHE_COUNT = 7 };
+
+static void *plugs[TCACHE_BINS][TCACHE_COUNT];
+static bool plugged;
+
+static size_t tcache_size(int bin)
+{
+	return 24 + 16 * (size_t)bin;    /* a request that lands in bin */
+}
+
+
+static void plugs_take(void)
+{
+	int i, j;
+
+	for (i = 0; i < TCACHE_BINS; i++) {
+		for (j = 0; j < TCACHE_COUNT; j++)
+			plugs[i][j] = malloc(tcache_size(i));
+	}
+}
+
+
+static void trim_all(void)
+{
+	void *taken[TCACHE_BINS][TCACHE_COUNT];
+	int i, j;
+
+	if (!plugged) {
+		(void)malloc_trim(0);
+		return;
+	}
+
+	for (i = 0; i < TCACHE_BINS; i++) {
+		for (j = 0; j < TCACHE_COUNT; j++)
+			taken[i][j] = malloc(tcache_size(i));
+	}
+	for (i = 0; i < TCACHE_BINS; i++) {
+		for (j = 0; j < TCACHE_COUNT; j++)
+			free(plugs[i][j]);
+	}
+	for (i = 0; i < TCACHE_BINS; i++) {
+		for (j = 0; j < TCACHE_COUNT; j++)
+			free(taken[i][j]);
+	}
+	(void)malloc_trim(0);
+	plugs_take();
+}
+
+
+/* At start-up, while the heap is small and its pages in use anyway */
+void lsip_mem_init(void)
+{
+	if (plugged)
+		return;
+	plugs_take();
+	plugged = true;
+}
+
+
 static void trim_handler(void *arg)
 {
 	struct mallinfo2 mi = mallinfo2();
@@ -234,7 +303,11 @@ static void trim_handler(void *arg)
 
 	/* trim when much has been freed since the last time, and on the
 	 * last tick whatever is left */
-	if (last || mi.fordblks > trim.free_trimmed + TRIM_MIN) {
+	if (last) {
+		trim_all();
+		trim.free_trimmed = mallinfo2().fordblks;
+	}
+	else if (mi.fordblks > trim.free_trimmed + TRIM_MIN) {
 		(void)malloc_trim(0);
 		trim.free_trimmed = mallinfo2().fordblks;
 	}

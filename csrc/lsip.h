@@ -161,6 +161,7 @@ void lsip_msrtp_detach(struct lsip_msrtp *s);
 /* one open function per part, called by core.c with the module on top */
 int lsip_open_util(lua_State *L);
 int lsip_open_loop(lua_State *L);
+void lsip_mem_init(void);          /* loop.c, once, at module load */
 int lsip_open_message(lua_State *L);
 int lsip_open_stack(lua_State *L);
 int lsip_open_request(lua_State *L);
