@@ -481,8 +481,10 @@ describe("SRTP calls", function()
             assert(a:set_answer(answer3))
             sip.sleep(0.3)
             local a3, b3 = a:stats(), b:stats()
-            -- a follows b's new key; b rejects a's packets, still under the old key
-            assert.equal(0, a3.srtp_fail)
+            -- a follows b's new key; b rejects a's packets, still under the old key.
+            -- A packet b sent under its new key before a applied the answer
+            -- can fail at a (on a loaded machine a tick falls in between).
+            assert.is_true(a3.srtp_fail - a2.srtp_fail <= 2, "a srtp_fail " .. a3.srtp_fail)
             assert.is_true(a3.rx_packets - a2.rx_packets >= 10)
             assert.is_true(b3.srtp_fail >= 10, "b srtp_fail " .. b3.srtp_fail)
             assert.is_true(b3.rx_packets - b2.rx_packets <= 1)
