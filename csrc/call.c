@@ -46,6 +46,17 @@ struct lsip_call {
 	int err;                     /* errno when cause is "error" */
 	int self;                    /* pin until closed */
 	bool outgoing;
+
+	/* mid-call offer/answer (see "re-INVITE" below) */
+	struct lsip_media *media;    /* call's RTP (ref), NULL: SDP by hand */
+	struct sip_request *mreq;    /* our re-INVITE in progress */
+	struct tmr evtmr;            /* events from sipsess handlers */
+	uint8_t evq[8];              /* queued for evtmr */
+	uint8_t nev;
+	enum sdp_dir mprev;          /* our direction before the re-INVITE */
+	enum {MOD_MEDIA, MOD_BODY, MOD_LATE} mmode;  /* whose offer */
+	bool offered;                /* our offer is in a 200: answer in ACK */
+	bool held;                   /* as last told to Lua */
 };
 
 
@@ -63,7 +74,10 @@ static void call_destructor(void *arg)
 		call->st = mem_deref(call->st);
 	}
 
+	tmr_cancel(&call->evtmr);
+	mem_deref(call->mreq);       /* resph is not called after this */
 	mem_deref(call->sess);
+	mem_deref(call->media);
 	mem_deref(call->ldesc);
 	mem_deref(call->rdesc);
 	mem_deref(call->cause);
@@ -118,24 +132,153 @@ static void set_rdesc(struct lsip_call *call, const struct sip_msg *msg)
 }
 
 
-/* re-INVITE or UPDATE-less offer from the peer: answer with our SDP */
+/*
+ * re-INVITE
+ *
+ * With media attached (call:_media), the far end's offers are answered
+ * by media.c against the running RTP session: a re-INVITE with SDP gets
+ * our answer (488 when no codec is common, and nothing changes), one
+ * without SDP gets our offer in the 200 and the answer comes in the ACK.
+ * An incoming INVITE without SDP works the same way (call:_answer with
+ * our offer). Our own re-INVITE (call:_modify) is sent on the session's
+ * dialog with a handler of ours, since sipsess reports no failed one.
+ * Handlers inside sipsess only queue "update", "hold" and "resume"; a
+ * zero timer emits them after libre has sent its reply.
+ */
+
+
+enum call_ev {
+	EV_UPDATE = 1,
+	EV_HOLD,
+	EV_RESUME,
+};
+
+
+static const char *ev_names[] = {"", "update", "hold", "resume"};
+
+
+/* the far end's direction as it stated it (libre's rdir is ours) */
+static enum sdp_dir remote_dir(const struct lsip_call *call)
+{
+	enum sdp_dir d = lsip_media_rdir(call->media);
+
+	return (enum sdp_dir)(((d & SDP_RECVONLY) ? SDP_SENDONLY : 0) |
+			      ((d & SDP_SENDONLY) ? SDP_RECVONLY : 0));
+}
+
+
+/* held: the far end does not want our audio (sendonly/inactive/0.0.0.0) */
+static bool remote_holds(const struct lsip_call *call)
+{
+	return call->media && !(lsip_media_rdir(call->media) & SDP_SENDONLY);
+}
+
+
+static void ev_handler(void *arg)
+{
+	struct lsip_call *call = arg;
+	lua_State *L = lsip_L;
+	uint8_t evq[8];
+	uint8_t i, n = call->nev;
+
+	memcpy(evq, call->evq, n);
+	call->nev = 0;
+	mem_ref(call);                       /* Lua may close the call */
+	for (i = 0; i < n && call->state != CALL_CLOSED; i++) {
+		if (!lsip_push_ref(L, call->self))
+			break;
+		lsip_emit(L, ev_names[evq[i]], 1);
+	}
+	mem_deref(call);
+}
+
+
+static void ev_queue(struct lsip_call *call, enum call_ev ev)
+{
+	if (call->nev < sizeof(call->evq))
+		call->evq[call->nev++] = (uint8_t)ev;
+	tmr_start(&call->evtmr, 0, ev_handler, call);
+}
+
+
+/* a remote offer or answer was applied: tell Lua what changed */
+static void media_changed(struct lsip_call *call, bool update)
+{
+	bool held = remote_holds(call);
+
+	if (update)
+		ev_queue(call, EV_UPDATE);
+	if (held != call->held)
+		ev_queue(call, held ? EV_HOLD : EV_RESUME);
+	call->held = held;
+}
+
+
+static void set_ldesc(struct lsip_call *call, struct mbuf *desc)
+{
+	mem_deref(call->ldesc);
+	call->ldesc = mem_ref(desc);
+}
+
+
+/* re-INVITE (or a 200 to our INVITE without SDP) with the far end's offer */
 static int offer_handler(struct mbuf **descp, const struct sip_msg *msg,
 			 void *arg)
 {
 	struct lsip_call *call = arg;
+	struct mbuf *desc = NULL;
+	int err;
 
-	set_rdesc(call, msg);
-	*descp = mem_ref(call->ldesc);
+	if (!call->media) {          /* SDP by hand: our last one */
+		set_rdesc(call, msg);
+		*descp = mem_ref(call->ldesc);
+		return 0;
+	}
+
+	if (call->mreq)
+		return EBUSY;        /* our own re-INVITE is pending */
+
+	if (!mbuf_get_left(msg->mb)) {
+		/* late offer: ours goes in the 200, theirs in the ACK */
+		err = lsip_media_offer_mb(call->media, &desc);
+		if (err)
+			return err;
+		call->offered = true;
+	}
+	else {
+		err = lsip_media_update(call->media, msg->mb, &desc);
+		if (err)
+			return err;  /* libre answers 488 */
+		set_rdesc(call, msg);
+		media_changed(call, msg->req);
+	}
+
+	set_ldesc(call, desc);
+	*descp = desc;
 	return 0;
 }
 
 
+/* answer to our offer: 200 to our INVITE, or the ACK after a late offer */
 static int answer_handler(const struct sip_msg *msg, void *arg)
 {
 	struct lsip_call *call = arg;
+	int err = 0;
 
 	set_rdesc(call, msg);
-	return 0;
+	if (!call->offered || !call->media)
+		return 0;
+
+	call->offered = false;
+	if (mbuf_get_left(msg->mb))
+		err = lsip_media_set_answer_mb(call->media, msg->mb);
+	else
+		err = EPROTO;        /* ACK without the answer we asked for */
+
+	if (!err)
+		media_changed(call, call->state == CALL_ESTABLISHED);
+
+	return err;                  /* initial ACK: libre ends the call */
 }
 
 
@@ -397,6 +540,9 @@ static int l_call_answer(lua_State *L)
 	lsip_headers(&hdrs, L, 2, "answer");
 	lsip_body(&body, L, 3, "answer");
 
+	/* INVITE without SDP: our offer goes in the 200 (answer in ACK) */
+	call->offered = body && !call->rdesc;
+
 	if (!call->sess)
 		err = call_accept(call, 200, "OK", body, hdrs);
 	else
@@ -655,6 +801,210 @@ static int l_call_new(lua_State *L)
 }
 
 
+/* call:_media(media | nil): re-INVITE offers are answered by media */
+static int l_call_media(lua_State *L)
+{
+	struct lsip_call *call = call_check(L);
+	struct lsip_media *m = NULL;
+
+	if (!lua_isnoneornil(L, 2))
+		m = lsip_media_get(L, 2);
+
+	if (call) {
+		mem_deref(call->media);
+		call->media = mem_ref(m);
+		call->held = remote_holds(call);
+	}
+
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+
+static int modify_send_handler(enum sip_transp tp, const struct sa *src,
+			       const struct sa *dst, struct mbuf *mb,
+			       void *arg)
+{
+	struct lsip_call *call = arg;
+	struct sip_contact contact;
+	(void)dst;
+
+	sip_contact_set(&contact, lsip_ep_user(call->ep), src, tp);
+	return mbuf_printf(mb, "%H", sip_contact_print, &contact);
+}
+
+
+/* emit "modified" (status, reason, errno) after call:_modify */
+static void modify_done(struct lsip_call *call, uint16_t scode,
+			const char *reason, int err)
+{
+	lua_State *L = lsip_L;
+
+	if (!lsip_push_ref(L, call->self))
+		return;
+
+	lua_pushinteger(L, scode);
+	lua_pushstring(L, reason);
+	lua_pushinteger(L, err);
+	lsip_emit(L, "modified", 4);
+}
+
+
+/* 2xx to our re-INVITE: ACK (with our answer when the 200 offered) */
+static int modify_ack(struct lsip_call *call, const struct sip_msg *msg)
+{
+	struct sip_dialog *dlg = sipsess_dialog(call->sess);
+	struct mbuf *desc = NULL;
+	int err = 0, aerr;
+
+	(void)sip_dialog_update(dlg, msg);       /* target refresh */
+	set_rdesc(call, msg);
+
+	if (call->mmode == MOD_LATE && mbuf_get_left(msg->mb)) {
+		err = lsip_media_update(call->media, msg->mb, &desc);
+		if (!err)
+			set_ldesc(call, desc);
+	}
+	else if (call->mmode == MOD_MEDIA && mbuf_get_left(msg->mb)) {
+		err = lsip_media_set_answer_mb(call->media, msg->mb);
+	}
+	else if (call->mmode != MOD_BODY) {
+		err = EPROTO;                    /* no SDP where one is due */
+	}
+
+	aerr = sip_drequestf(NULL, lsip_ep_sip(call->ep), false, "ACK", dlg,
+			     msg->cseq.num, NULL, NULL, NULL, NULL,
+			     "%s"
+			     "Content-Length: %zu\r\n"
+			     "\r\n"
+			     "%b",
+			     desc ? "Content-Type: application/sdp\r\n" : "",
+			     desc ? mbuf_get_left(desc) : (size_t)0,
+			     desc ? mbuf_buf(desc) : NULL,
+			     desc ? mbuf_get_left(desc) : (size_t)0);
+	mem_deref(desc);
+
+	if (!err && call->mmode != MOD_BODY)
+		media_changed(call, false);
+
+	return err ? err : aerr;
+}
+
+
+static void modify_resp_handler(int err, const struct sip_msg *msg,
+				void *arg)
+{
+	struct lsip_call *call = arg;
+	char reason[64] = "";
+	uint16_t scode = 0;
+
+	if (!err && msg->scode < 200)
+		return;
+
+	if (err) {
+		re_snprintf(reason, sizeof(reason), "%m", err);
+	}
+	else {
+		scode = msg->scode;
+		(void)pl_strcpy(&msg->reason, reason, sizeof(reason));
+	}
+
+	if (call->state == CALL_CLOSED || !call->sess) {
+		modify_done(call, scode, reason, err);
+		return;
+	}
+
+	if (scode >= 200 && scode < 300) {
+		err = modify_ack(call, msg);
+		if (err) {
+			/* the offer or answer in the 200 is unusable */
+			scode = 488;
+			str_ncpy(reason, "Not Acceptable Here",
+				 sizeof(reason));
+		}
+	}
+	else if (call->mmode == MOD_MEDIA) {
+		/* refused: the session goes on as before the offer */
+		lsip_media_set_ldir(call->media, call->mprev);
+	}
+
+	modify_done(call, scode, reason, err);
+}
+
+
+/*
+ * call:_modify(direction | nil, body | nil, late) -> true | nil, err, code
+ * send a re-INVITE; "modified" (status, reason, errno) follows. Without
+ * a body the call's media offers (direction set first: "sendonly" for
+ * hold, "sendrecv" to resume); with late, no SDP at all and the 200's
+ * offer is answered in the ACK.
+ */
+static int l_call_modify(lua_State *L)
+{
+	static const char *const names[] = {
+		"inactive", "recvonly", "sendonly", "sendrecv", NULL
+	};
+	static const enum sdp_dir dirs[] = {
+		SDP_INACTIVE, SDP_RECVONLY, SDP_SENDONLY, SDP_SENDRECV
+	};
+	struct lsip_call *call = call_check(L);
+	bool late = lua_toboolean(L, 4);
+	struct mbuf *body = NULL;
+	int n, err, d = -1;
+
+	if (!lua_isnoneornil(L, 2))
+		d = luaL_checkoption(L, 2, NULL, names);
+
+	if ((n = check_open(L, call, "modify")))
+		return n;
+	if (!call->sess || call->state != CALL_ESTABLISHED)
+		return lsip_fail(L, ENOTCONN, "modify");
+	if (call->mreq || call->offered)
+		return lsip_fail(L, EALREADY, "modify");
+
+	lsip_body(&body, L, 3, "modify");
+	if (!body && !call->media)
+		return luaL_error(L, "modify: the call has no media (pass "
+				  "an SDP body)");
+
+	call->mmode = body ? MOD_BODY : late ? MOD_LATE : MOD_MEDIA;
+	if (call->mmode == MOD_MEDIA) {
+		call->mprev = lsip_media_ldir(call->media);
+		if (d >= 0)
+			lsip_media_set_ldir(call->media, dirs[d]);
+		err = lsip_media_offer_mb(call->media, &body);
+		if (err) {
+			lsip_media_set_ldir(call->media, call->mprev);
+			return lsip_fail(L, err, "modify");
+		}
+	}
+
+	err = sip_drequestf(&call->mreq, lsip_ep_sip(call->ep), true,
+			    "INVITE", sipsess_dialog(call->sess), 0, NULL,
+			    modify_send_handler, modify_resp_handler, call,
+			    "%s%s"
+			    "Content-Length: %zu\r\n"
+			    "\r\n"
+			    "%b",
+			    allow_hdr,
+			    body ? "Content-Type: application/sdp\r\n" : "",
+			    body ? mbuf_get_left(body) : (size_t)0,
+			    body ? mbuf_buf(body) : NULL,
+			    body ? mbuf_get_left(body) : (size_t)0);
+	if (!err && body)
+		set_ldesc(call, body);
+	else if (err && call->mmode == MOD_MEDIA)
+		lsip_media_set_ldir(call->media, call->mprev);
+	mem_deref(body);
+
+	if (err)
+		return lsip_fail(L, err, "modify");
+
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+
 static void push_desc(lua_State *L, const struct mbuf *mb)
 {
 	if (mb)
@@ -722,6 +1072,26 @@ static int l_call_getfield(lua_State *L)
 		push_desc(L, call->ldesc);
 		return 1;
 	}
+	if (!strcmp(key, "held")) {
+		lua_pushboolean(L, remote_holds(call));
+		return 1;
+	}
+	if (!strcmp(key, "remote_direction")) {
+		if (!call->media)
+			return 0;
+		lua_pushstring(L, sdp_dir_name(remote_dir(call)));
+		return 1;
+	}
+	if (!strcmp(key, "holding")) {
+		lua_pushboolean(L, call->media &&
+				!(lsip_media_ldir(call->media) &
+				  SDP_RECVONLY));
+		return 1;
+	}
+	if (!strcmp(key, "modifying")) {
+		lua_pushboolean(L, call->mreq != NULL);
+		return 1;
+	}
 	if (!strcmp(key, "call_id") && call->sess) {
 		lua_pushstring(L, sip_dialog_callid(
 				       sipsess_dialog(call->sess)));
@@ -749,6 +1119,8 @@ int lsip_open_call(lua_State *L)
 		{"reject", l_call_reject},
 		{"hangup", l_call_hangup},
 		{"info", l_call_info},
+		{"_media", l_call_media},
+		{"_modify", l_call_modify},
 		{"close", l_call_close},
 		{NULL, NULL}
 	};
