@@ -1247,8 +1247,9 @@ static int common_codec(const struct sdp_media *sm)
 		fmt = le->data;
 		if (!fmt->sup || fmt->srate != SRATE)
 			continue;
-		if ((fmt->pt == CODEC_PCMU && !str_casecmp(fmt->name, "PCMU")) ||
-		    (fmt->pt == CODEC_PCMA && !str_casecmp(fmt->name, "PCMA")))
+		if (fmt->pt == CODEC_PCMU && !str_casecmp(fmt->name, "PCMU"))
+			return fmt->pt;
+		if (fmt->pt == CODEC_PCMA && !str_casecmp(fmt->name, "PCMA"))
 			return fmt->pt;
 	}
 
