@@ -50,6 +50,9 @@ struct lsip_call {
 	/* mid-call offer/answer (see "re-INVITE" below) */
 	struct lsip_media *media;    /* call's RTP (ref), NULL: SDP by hand */
 	struct sip_request *mreq;    /* our re-INVITE in progress */
+	struct le mle;               /* in mcalls while mreq is pending */
+	int mtoken;                  /* Lua object told the outcome ... */
+	bool mwait;                  /* ... while this is set */
 	struct tmr evtmr;            /* events from sipsess handlers */
 	uint8_t evq[8];              /* queued for evtmr */
 	uint8_t nev;
@@ -75,6 +78,7 @@ static void call_destructor(void *arg)
 	}
 
 	tmr_cancel(&call->evtmr);
+	list_unlink(&call->mle);
 	mem_deref(call->mreq);       /* resph is not called after this */
 	mem_deref(call->sess);
 	mem_deref(call->media);
@@ -86,6 +90,10 @@ static void call_destructor(void *arg)
 }
 
 
+static void modify_done(struct lsip_call *call, uint16_t scode,
+			const char *reason, int err);
+
+
 /* enter CLOSED; returns false if it already was */
 static bool call_set_closed(struct lsip_call *call, const char *cause)
 {
@@ -94,6 +102,7 @@ static bool call_set_closed(struct lsip_call *call, const char *cause)
 
 	call->state = CALL_CLOSED;
 	call->t_end = tmr_jiffies();
+	modify_done(call, 0, "hangup", ECONNRESET);   /* hold() waiting */
 	if (!call->cause)
 		(void)str_dup(&call->cause, cause);
 
@@ -155,6 +164,40 @@ enum call_ev {
 
 
 static const char *ev_names[] = {"", "update", "hold", "resume"};
+
+
+static struct list mcalls;   /* calls with a re-INVITE of ours pending */
+
+
+/**
+ * Answer 491 to a re-INVITE that crosses one of ours (RFC 3261 14.2)
+ *
+ * Runs inside re_main from the endpoint's request listener, before
+ * sipsess sees the request.
+ *
+ * @param ep  Endpoint
+ * @param msg In-dialog INVITE
+ *
+ * @return true if it was answered here
+ */
+bool lsip_call_glare(struct lsip_ep *ep, const struct sip_msg *msg)
+{
+	struct le *le;
+
+	for (le = list_head(&mcalls); le; le = le->next) {
+		struct lsip_call *call = le->data;
+
+		if (call->ep != ep || !call->sess ||
+		    !sip_dialog_cmp(sipsess_dialog(call->sess), msg))
+			continue;
+
+		(void)sip_treply(NULL, lsip_ep_sip(ep), msg, 491,
+				 "Request Pending");
+		return true;
+	}
+
+	return false;
+}
 
 
 /* the far end's direction as it stated it (libre's rdir is ours) */
@@ -834,15 +877,21 @@ static int modify_send_handler(enum sip_transp tp, const struct sa *src,
 }
 
 
-/* emit "modified" (status, reason, errno) after call:_modify */
+/* tell the waiting Lua token "modified" (status, reason, errno), once */
 static void modify_done(struct lsip_call *call, uint16_t scode,
 			const char *reason, int err)
 {
 	lua_State *L = lsip_L;
+	int ref = call->mtoken;
 
-	if (!lsip_push_ref(L, call->self))
+	if (!call->mwait)
 		return;
 
+	call->mwait = false;
+	if (!lsip_push_ref(L, ref))
+		return;
+
+	lsip_unpin(L, &ref);
 	lua_pushinteger(L, scode);
 	lua_pushstring(L, reason);
 	lua_pushinteger(L, err);
@@ -901,6 +950,7 @@ static void modify_resp_handler(int err, const struct sip_msg *msg,
 	if (!err && msg->scode < 200)
 		return;
 
+	list_unlink(&call->mle);
 	if (err) {
 		re_snprintf(reason, sizeof(reason), "%m", err);
 	}
@@ -933,8 +983,10 @@ static void modify_resp_handler(int err, const struct sip_msg *msg,
 
 
 /*
- * call:_modify(direction | nil, body | nil, late) -> true | nil, err, code
- * send a re-INVITE; "modified" (status, reason, errno) follows. Without
+ * call:_modify(direction | nil, body | nil, late, token)
+ *   -> true | nil, err, code
+ * send a re-INVITE; token gets "modified" (status, reason, errno) at its
+ * final response or when the call closes first. Without
  * a body the call's media offers (direction set first: "sendonly" for
  * hold, "sendrecv" to resume); with late, no SDP at all and the 200's
  * offer is answered in the ACK.
@@ -962,6 +1014,7 @@ static int l_call_modify(lua_State *L)
 	if (call->mreq || call->offered)
 		return lsip_fail(L, EALREADY, "modify");
 
+	luaL_checktype(L, 5, LUA_TTABLE);
 	lsip_body(&body, L, 3, "modify");
 	if (!body && !call->media)
 		return luaL_error(L, "modify: the call has no media (pass "
@@ -991,6 +1044,11 @@ static int l_call_modify(lua_State *L)
 			    body ? mbuf_get_left(body) : (size_t)0,
 			    body ? mbuf_buf(body) : NULL,
 			    body ? mbuf_get_left(body) : (size_t)0);
+	if (!err) {
+		list_append(&mcalls, &call->mle, call);
+		call->mtoken = lsip_pin(L, 5);
+		call->mwait = true;
+	}
 	if (!err && body)
 		set_ldesc(call, body);
 	else if (err && call->mmode == MOD_MEDIA)

@@ -345,6 +345,11 @@ static bool request_handler(const struct sip_msg *msg, void *arg)
 	if (ep->proxy && !indialog && !pl_strcmp(&msg->met, "INVITE"))
 		return lsip_request_incoming(ep, msg);
 
+	/* re-INVITE crossing ours: 491 (call.c) */
+	if (indialog && !pl_strcmp(&msg->met, "INVITE") &&
+	    lsip_call_glare(ep, msg))
+		return true;
+
 	if (!pl_strcmp(&msg->met, "INVITE") || !pl_strcmp(&msg->met, "ACK") ||
 	    !pl_strcmp(&msg->met, "BYE") || !pl_strcmp(&msg->met, "CANCEL"))
 		return false;

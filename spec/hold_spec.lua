@@ -190,7 +190,41 @@ describe("luasip.call re-INVITE", function()
             end, 6)
         end)
 
-        it("returns nil, 'busy', EBUSY while another task waits on the call", function()
+        it("returns nil, '491 Request Pending', 491 on both sides when re-INVITEs cross", function()
+            local bres
+            run(function()
+                local a, b, uri = pair()
+                local bcall
+                b:on("INVITE", function(call)
+                    bcall = call
+                    assert(call:answer { media = true })
+                    call:wait_hangup(5)
+                end)
+                local call = assert(a:call(uri, { media = true, timeout = 5 }))
+                sip.sleep(0.05)
+                -- b's hold runs when ours yields, before anything arrives
+                local done = false
+                sip.spawn(function()
+                    bres = { bcall:hold { timeout = 3 } }
+                    done = true
+                end)
+                local res = { call:hold { timeout = 3 } }
+                while not done do sip.sleep(0.01) end
+                -- both re-INVITEs were on the wire before either arrived
+                assert.same({ nil, "491 Request Pending", 491 }, res)
+                assert.is_false(call.holding)    -- refused: as before
+                assert.is_false(call.modifying)
+                assert.is_true(rx_during(call, 0.3) >= 8)
+                -- a later try goes through
+                assert.is_true(call:hold { timeout = 3 })
+                assert.is_true(bcall.held)
+                call:hangup()
+            end, 6)
+            assert.same({ nil, "491 Request Pending", 491 }, bres)
+        end)
+
+        it("works while another task waits on the call; a second hold at once is nil, EALREADY", function()
+            local waited
             run(function()
                 local a, b, uri = pair()
                 b:on("INVITE", function(call)
@@ -198,14 +232,35 @@ describe("luasip.call re-INVITE", function()
                     call:wait_hangup(5)
                 end)
                 local call = assert(a:call(uri, { media = true, timeout = 5 }))
-                sip.spawn(function() call:wait(0.3) end)
+                sip.spawn(function() waited = { call:wait(0.5) } end)
                 sip.sleep(0.01)
-                assert.same({ nil, "busy", sip.EBUSY }, { call:hold { timeout = 1 } })
-                assert.is_false(call.modifying)
-                sip.sleep(0.35)
+                local second
+                sip.spawn(function() second = { call:hold { timeout = 1 } } end)
                 assert.is_true(call:hold { timeout = 1 })
+                assert.same({ nil, "modify: Operation already in progress", sip.EALREADY }, second)
+                assert.is_true(call.holding)
+                assert.is_false(call.modifying)
+                sip.sleep(0.55)
                 call:hangup()
             end, 5)
+            assert.same({ nil, "timeout", sip.ETIMEDOUT }, waited)
+        end)
+
+        it("returns nil, 'hangup', ECONNRESET when the call ends during the re-INVITE", function()
+            local res
+            run(function()
+                local a, b, uri = pair()
+                b:on("INVITE", function(call)
+                    assert(call:answer { media = true })
+                    call:wait_hangup(5)
+                end)
+                local call = assert(a:call(uri, { media = true, timeout = 5 }))
+                -- runs once hold() has sent the re-INVITE and yields
+                sip.spawn(function() call:hangup() end)
+                res = { call:hold { timeout = 2 } }
+                assert.equal("local", call.cause)
+            end, 5)
+            assert.same({ nil, "hangup", sip.ECONNRESET }, res)
         end)
 
         it("raises on a bad direction and returns nil, ENOTCONN on a closed call", function()

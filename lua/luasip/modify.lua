@@ -36,23 +36,22 @@ local function reinvite(call, fname, dir, body, opts)
     if not sched.current() then
         error("luasip." .. fname .. ": must be called from a task (use luasip.spawn)", 3)
     end
-    -- one waiter per call: find out before anything goes on the wire
-    local probe, perr, pcode = wait(call, 0, fname)
-    if probe == nil then return nil, perr, pcode end
-    local ok, err, code = call:_modify(dir, body, opts.late)
+    -- the outcome comes to a token of its own: another task may be
+    -- waiting on the call itself (wait_hangup, play, ...)
+    local token = {}
+    local ok, err, code = call:_modify(dir, body, opts.late, token)
     if not ok then return nil, err, code end
     while true do
-        local ev, status, reason, errno = wait(call, remaining(dl), "luasip." .. fname)
-        if ev == nil then return nil, status, reason end
+        local ev, status, reason, errno = wait(token, remaining(dl), "luasip." .. fname)
         if ev == "modified" then
             if status >= 200 and status < 300 then return true end
+            if errno == ECONNRESET then return nil, "hangup", ECONNRESET end
             if status == 0 then return nil, fname .. ": " .. tostring(reason), errno end
             -- RFC 3261 14.1: 481 and 408 end the dialog
             if status == 481 or status == 408 then call:hangup() end
             return nil, status .. " " .. tostring(reason), status
         end
         if ev == "timeout" then return nil, "timeout", ETIMEDOUT end
-        if ev == "closed" or call.state == "closed" then return nil, "hangup", ECONNRESET end
     end
 end
 
@@ -63,7 +62,8 @@ end
 --   "inactive"), `timeout` (seconds, default 32)
 -- @return true; or nil, message, code (SIP status of a refusal, e.g.
 --   nil, "488 Not Acceptable Here", 488, after which the call goes on as
---   before; "timeout"; "hangup")
+--   before; nil, "491 Request Pending", 491 when the far end re-INVITEd
+--   at the same time, try again later; "timeout"; "hangup")
 function CALL.hold(call, opts)
     local dir = type(opts) == "table" and opts.direction or "sendonly"
     if dir ~= "sendonly" and dir ~= "inactive" then
