@@ -50,7 +50,8 @@ struct lsip_call {
 	/* mid-call offer/answer (see "re-INVITE" below) */
 	struct lsip_media *media;    /* call's RTP (ref), NULL: SDP by hand */
 	struct sip_request *mreq;    /* our re-INVITE in progress */
-	struct le mle;               /* in mcalls while mreq is pending */
+	struct le mle;               /* in mcalls from our first re-INVITE */
+	uint32_t ack_cseq;           /* CSeq of our last ACKed re-INVITE */
 	int mtoken;                  /* Lua object told the outcome ... */
 	bool mwait;                  /* ... while this is set */
 	struct tmr evtmr;            /* events from sipsess handlers */
@@ -166,7 +167,7 @@ enum call_ev {
 static const char *ev_names[] = {"", "update", "hold", "resume"};
 
 
-static struct list mcalls;   /* calls with a re-INVITE of ours pending */
+static struct list mcalls;   /* calls that sent a re-INVITE of theirs */
 
 
 /**
@@ -187,7 +188,7 @@ bool lsip_call_glare(struct lsip_ep *ep, const struct sip_msg *msg)
 	for (le = list_head(&mcalls); le; le = le->next) {
 		struct lsip_call *call = le->data;
 
-		if (call->ep != ep || !call->sess ||
+		if (call->ep != ep || !call->sess || !call->mreq ||
 		    !sip_dialog_cmp(sipsess_dialog(call->sess), msg))
 			continue;
 
@@ -899,6 +900,60 @@ static void modify_done(struct lsip_call *call, uint16_t scode,
 }
 
 
+/* ACK for the 2xx to our re-INVITE (again for each retransmission) */
+static int send_ack(struct lsip_call *call, struct mbuf *desc)
+{
+	return sip_drequestf(NULL, lsip_ep_sip(call->ep), false, "ACK",
+			     sipsess_dialog(call->sess), call->ack_cseq,
+			     NULL, NULL, NULL, NULL,
+			     "%s"
+			     "Content-Length: %zu\r\n"
+			     "\r\n"
+			     "%b",
+			     desc ? "Content-Type: application/sdp\r\n" : "",
+			     desc ? mbuf_get_left(desc) : (size_t)0,
+			     desc ? mbuf_buf(desc) : NULL,
+			     desc ? mbuf_get_left(desc) : (size_t)0);
+}
+
+
+/**
+ * ACK a retransmitted 2xx to one of our re-INVITEs (our ACK was lost)
+ *
+ * Runs inside re_main from the endpoint's response listener, which sees
+ * responses no client transaction took before sipsess's listener does.
+ *
+ * @param ep  Endpoint
+ * @param msg Response
+ *
+ * @return true if it was ours
+ */
+bool lsip_call_response(struct lsip_ep *ep, const struct sip_msg *msg)
+{
+	struct le *le;
+
+	if (msg->scode < 200 || msg->scode > 299 ||
+	    pl_strcmp(&msg->cseq.met, "INVITE"))
+		return false;
+
+	for (le = list_head(&mcalls); le; le = le->next) {
+		struct lsip_call *call = le->data;
+
+		if (call->ep != ep || !call->sess ||
+		    call->ack_cseq != msg->cseq.num ||
+		    !sip_dialog_cmp(sipsess_dialog(call->sess), msg))
+			continue;
+
+		/* a late offer's ACK carried our answer: the same again */
+		(void)send_ack(call, call->mmode == MOD_LATE ?
+			       call->ldesc : NULL);
+		return true;
+	}
+
+	return false;
+}
+
+
 /* 2xx to our re-INVITE: ACK (with our answer when the 200 offered) */
 static int modify_ack(struct lsip_call *call, const struct sip_msg *msg)
 {
@@ -921,16 +976,8 @@ static int modify_ack(struct lsip_call *call, const struct sip_msg *msg)
 		err = EPROTO;                    /* no SDP where one is due */
 	}
 
-	aerr = sip_drequestf(NULL, lsip_ep_sip(call->ep), false, "ACK", dlg,
-			     msg->cseq.num, NULL, NULL, NULL, NULL,
-			     "%s"
-			     "Content-Length: %zu\r\n"
-			     "\r\n"
-			     "%b",
-			     desc ? "Content-Type: application/sdp\r\n" : "",
-			     desc ? mbuf_get_left(desc) : (size_t)0,
-			     desc ? mbuf_buf(desc) : NULL,
-			     desc ? mbuf_get_left(desc) : (size_t)0);
+	call->ack_cseq = msg->cseq.num;
+	aerr = send_ack(call, desc);
 	mem_deref(desc);
 
 	if (!err && call->mmode != MOD_BODY)
@@ -950,7 +997,6 @@ static void modify_resp_handler(int err, const struct sip_msg *msg,
 	if (!err && msg->scode < 200)
 		return;
 
-	list_unlink(&call->mle);
 	if (err) {
 		re_snprintf(reason, sizeof(reason), "%m", err);
 	}
@@ -1045,7 +1091,8 @@ static int l_call_modify(lua_State *L)
 			    body ? mbuf_buf(body) : NULL,
 			    body ? mbuf_get_left(body) : (size_t)0);
 	if (!err) {
-		list_append(&mcalls, &call->mle, call);
+		if (!call->mle.list)
+			list_append(&mcalls, &call->mle, call);
 		call->mtoken = lsip_pin(L, 5);
 		call->mwait = true;
 	}

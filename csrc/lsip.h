@@ -102,6 +102,7 @@ int  lsip_auth_handler(char **user, char **pass, const char *realm,
 /* call.c */
 void lsip_call_incoming(struct lsip_ep *ep, const struct sip_msg *msg);
 bool lsip_call_glare(struct lsip_ep *ep, const struct sip_msg *msg);
+bool lsip_call_response(struct lsip_ep *ep, const struct sip_msg *msg);
 
 /* media.c: mid-call offer/answer for call.c (re-INVITE, hold, late offer) */
 struct lsip_media;

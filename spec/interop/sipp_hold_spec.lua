@@ -92,4 +92,38 @@ describe("interop with sipp: re-INVITE", function()
         assert.equal("PCMU", seen.codec)
         assert.equal("hangup", seen.cause)
     end)
+
+
+    it("holds and resumes sipp's uas, and ACKs its 200 again when it is repeated", function()
+        local port = h.free_port()
+        local slog, stat = tmp(), tmp()
+        local pid = h.spawn_process(("sipp -sf spec/interop/sipp/uas_hold.xml -i 127.0.0.1 -p %d -m 1 "
+            .. "-nostdin -trace_stat -stf %s -timeout 15"):format(port, stat), slog)
+        local res = {}
+        local ok, err = pcall(h.run, function()
+            local ep = h.endpoint { user = "caller", rtp_ports = { 34000, 34999 } }
+            sip.sleep(0.3)                         -- let sipp bind
+            local call = assert(ep:call(("sip:service@127.0.0.1:%d"):format(port),
+                                        { media = true, timeout = 5 }))
+            res.hold = { call:hold { timeout = 5 } }
+            res.holding = call.holding
+            res.answer = call.remote_sdp
+            sip.sleep(0.3)                         -- the repeated 200 and our ACK
+            res.resume = { call:resume { timeout = 5 } }
+            call:hangup()
+            res.exited = h.wait_process(pid, 10)
+        end, 20)
+        h.kill(pid)
+        local st, log = h.sipp_stats(stat), h.readfile(slog) or ""
+        for _, f in ipairs { slog, stat } do os.remove(f) end
+        if not ok then error(err, 0) end
+        assert.same({ true }, res.hold)
+        assert.is_true(res.holding)
+        assert.matches("a=recvonly", res.answer)
+        assert.same({ true }, res.resume)
+        assert.is_true(res.exited)
+        assert(st, "no sipp statistics: " .. log)
+        assert.equal(1, st["SuccessfulCall(C)"], log)
+        assert.equal(0, st["FailedCall(C)"], log)
+    end)
 end)
