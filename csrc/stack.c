@@ -366,7 +366,7 @@ static bool request_handler(const struct sip_msg *msg, void *arg)
  * sipsess's listener (which takes every INVITE 2xx) */
 static bool response_handler(const struct sip_msg *msg, void *arg)
 {
-	return lsip_proxy_response(arg, msg);
+	return lsip_call_response(arg, msg) || lsip_proxy_response(arg, msg);
 }
 
 
