@@ -167,7 +167,7 @@ enum call_ev {
 static const char *ev_names[] = {"", "update", "hold", "resume"};
 
 
-static struct list mcalls;   /* calls that sent a re-INVITE of theirs */
+static struct list mcalls;   /* calls that have sent a re-INVITE */
 
 
 /**

@@ -1297,7 +1297,8 @@ static void follow_remote(struct lsip_media *m, const struct sa *prev)
 	const struct sa *ra = sdp_media_raddr(m->sm);
 	struct sa rtcp;
 
-	m->rhold = sa_af(ra) == AF_INET ? !sa_isset(ra, SA_ADDR) : false;
+	/* 0.0.0.0, :: or port 0: nowhere to send to */
+	m->rhold = !sa_isset(ra, SA_ALL);
 	if (sa_cmp(prev, ra, SA_ALL))
 		return;
 
@@ -1317,9 +1318,10 @@ static void follow_remote(struct lsip_media *m, const struct sa *prev)
  * SRTP hook (branch "srtp"): a re-offer keeps the session's crypto. The
  * same steps as for the first offer/answer go here, around
  * lsip_media_update() and lsip_media_set_answer_mb(): accept the offer's
- * RTP/SAVP profile before decoding and check its a=crypto against the
- * running keys after. Our a=crypto lines stay on m->sm as set at the
- * first exchange, so the SDP we encode here carries them unchanged.
+ * RTP/SAVP profile before decoding (probe_offer()'s scratch media needs
+ * the same protocols) and check its a=crypto against the running keys
+ * after. Our a=crypto lines stay on m->sm as set at the first exchange,
+ * so the SDP we encode here carries them unchanged.
  */
 
 
