@@ -46,9 +46,9 @@ local function reinvite(call, fname, dir, body, opts)
         if ev == "modified" then
             if status >= 200 and status < 300 then return true end
             if errno == ECONNRESET then return nil, "hangup", ECONNRESET end
+            -- RFC 3261 14.1: 481, 408 and a transaction timeout end the dialog
+            if status == 481 or status == 408 or errno == ETIMEDOUT then call:hangup() end
             if status == 0 then return nil, fname .. ": " .. tostring(reason), errno end
-            -- RFC 3261 14.1: 481 and 408 end the dialog
-            if status == 481 or status == 408 then call:hangup() end
             return nil, status .. " " .. tostring(reason), status
         end
         if ev == "timeout" then return nil, "timeout", ETIMEDOUT end

@@ -126,4 +126,38 @@ describe("interop with sipp: re-INVITE", function()
         assert.equal(1, st["SuccessfulCall(C)"], log)
         assert.equal(0, st["FailedCall(C)"], log)
     end)
+
+
+    it("keeps the call after sipp's 488 to a hold and hangs up after its 481", function()
+        local port = h.free_port()
+        local slog, stat = tmp(), tmp()
+        local pid = h.spawn_process(("sipp -sf spec/interop/sipp/uas_refuse.xml -i 127.0.0.1 -p %d -m 1 "
+            .. "-nostdin -trace_stat -stf %s -timeout 15"):format(port, stat), slog)
+        local res = {}
+        local ok, err = pcall(h.run, function()
+            local ep = h.endpoint { user = "caller", rtp_ports = { 34000, 34999 } }
+            sip.sleep(0.3)                         -- let sipp bind
+            local call = assert(ep:call(("sip:service@127.0.0.1:%d"):format(port),
+                                        { media = true, timeout = 5 }))
+            res.first = { call:hold { timeout = 5 } }
+            res.state1, res.holding1 = call.state, call.holding
+            res.second = { call:resume { timeout = 5 } }
+            res.state2, res.cause = call.state, call.cause
+            res.exited = h.wait_process(pid, 10)
+        end, 20)
+        h.kill(pid)
+        local st, log = h.sipp_stats(stat), h.readfile(slog) or ""
+        for _, f in ipairs { slog, stat } do os.remove(f) end
+        if not ok then error(err, 0) end
+        assert.same({ nil, "488 Not Acceptable Here", 488 }, res.first)
+        assert.equal("established", res.state1)
+        assert.is_false(res.holding1)              -- back to sendrecv
+        assert.same({ nil, "481 Call/Transaction Does Not Exist", 481 }, res.second)
+        assert.equal("closed", res.state2)
+        assert.equal("local", res.cause)
+        assert.is_true(res.exited)
+        assert(st, "no sipp statistics: " .. log)
+        assert.equal(1, st["SuccessfulCall(C)"], log)
+        assert.equal(0, st["FailedCall(C)"], log)
+    end)
 end)
