@@ -50,7 +50,7 @@ struct lsip_call {
 	/* mid-call offer/answer (see "re-INVITE" below) */
 	struct lsip_media *media;    /* call's RTP (ref), NULL: SDP by hand */
 	struct sip_request *mreq;    /* our re-INVITE in progress */
-	struct le mle;               /* in mcalls from our first re-INVITE */
+	struct le mle;               /* in mcalls: media or re-INVITE sent */
 	uint32_t ack_cseq;           /* CSeq of our last ACKed re-INVITE */
 	int mtoken;                  /* Lua object told the outcome ... */
 	bool mwait;                  /* ... while this is set */
@@ -167,34 +167,46 @@ enum call_ev {
 static const char *ev_names[] = {"", "update", "hold", "resume"};
 
 
-static struct list mcalls;   /* calls that have sent a re-INVITE */
+static struct list mcalls;   /* calls with media or a re-INVITE sent */
 
 
 /**
- * Answer 491 to a re-INVITE that crosses one of ours (RFC 3261 14.2)
+ * Refuse a re-INVITE before sipsess sees it: 491 when it crosses one of
+ * ours (RFC 3261 14.2), 488 Not Acceptable Here when its offer has no
+ * codec in common with the call's media (libre would answer 488 with an
+ * errno text as reason)
  *
- * Runs inside re_main from the endpoint's request listener, before
- * sipsess sees the request.
+ * Runs inside re_main from the endpoint's request listener.
  *
  * @param ep  Endpoint
  * @param msg In-dialog INVITE
  *
  * @return true if it was answered here
  */
-bool lsip_call_glare(struct lsip_ep *ep, const struct sip_msg *msg)
+bool lsip_call_reinvite(struct lsip_ep *ep, const struct sip_msg *msg)
 {
+	struct sip *sip = lsip_ep_sip(ep);
 	struct le *le;
 
 	for (le = list_head(&mcalls); le; le = le->next) {
 		struct lsip_call *call = le->data;
 
-		if (call->ep != ep || !call->sess || !call->mreq ||
+		if (call->ep != ep || !call->sess ||
 		    !sip_dialog_cmp(sipsess_dialog(call->sess), msg))
 			continue;
 
-		(void)sip_treply(NULL, lsip_ep_sip(ep), msg, 491,
-				 "Request Pending");
-		return true;
+		if (call->mreq) {
+			(void)sip_treply(NULL, sip, msg, 491,
+					 "Request Pending");
+			return true;
+		}
+		if (call->media && mbuf_get_left(msg->mb) &&
+		    lsip_media_probe(call->media, msg->mb)) {
+			(void)sip_treply(NULL, sip, msg, 488,
+					 "Not Acceptable Here");
+			return true;
+		}
+		return false;
 	}
 
 	return false;
@@ -291,6 +303,7 @@ static int offer_handler(struct mbuf **descp, const struct sip_msg *msg,
 	}
 	else {
 		err = lsip_media_update(call->media, msg->mb, &desc);
+		/* lsip_call_reinvite() checked the codecs already */
 		if (err)
 			return err;  /* libre answers 488 */
 		set_rdesc(call, msg);
@@ -858,6 +871,8 @@ static int l_call_media(lua_State *L)
 		mem_deref(call->media);
 		call->media = mem_ref(m);
 		call->held = remote_holds(call);
+		if (m && !call->mle.list)
+			list_append(&mcalls, &call->mle, call);
 	}
 
 	lua_pushboolean(L, 1);

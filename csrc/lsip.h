@@ -101,7 +101,7 @@ int  lsip_auth_handler(char **user, char **pass, const char *realm,
 
 /* call.c */
 void lsip_call_incoming(struct lsip_ep *ep, const struct sip_msg *msg);
-bool lsip_call_glare(struct lsip_ep *ep, const struct sip_msg *msg);
+bool lsip_call_reinvite(struct lsip_ep *ep, const struct sip_msg *msg);
 bool lsip_call_response(struct lsip_ep *ep, const struct sip_msg *msg);
 
 /* media.c: mid-call offer/answer for call.c (re-INVITE, hold, late offer) */
@@ -110,6 +110,7 @@ struct lsip_media *lsip_media_get(lua_State *L, int idx);
 int  lsip_media_update(struct lsip_media *m, struct mbuf *offer,
 		       struct mbuf **answerp);
 int  lsip_media_offer_mb(struct lsip_media *m, struct mbuf **offerp);
+int  lsip_media_probe(struct lsip_media *m, struct mbuf *offer);
 int  lsip_media_set_answer_mb(struct lsip_media *m, struct mbuf *answer);
 enum sdp_dir lsip_media_rdir(const struct lsip_media *m);
 enum sdp_dir lsip_media_ldir(const struct lsip_media *m);

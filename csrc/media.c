@@ -1291,6 +1291,23 @@ static int probe_offer(const struct lsip_media *m, struct mbuf *offer)
 }
 
 
+/**
+ * Check a re-offer without applying it
+ *
+ * @param m     Media
+ * @param offer SDP offer (pos kept)
+ *
+ * @return 0 if a codec is common, otherwise errorcode
+ */
+int lsip_media_probe(struct lsip_media *m, struct mbuf *offer)
+{
+	if (!m || !offer)
+		return EINVAL;
+
+	return probe_offer(m, offer);
+}
+
+
 /* after a new remote SDP: follow address, RTCP peer, old-style hold */
 static void follow_remote(struct lsip_media *m, const struct sa *prev)
 {

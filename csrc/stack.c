@@ -345,9 +345,9 @@ static bool request_handler(const struct sip_msg *msg, void *arg)
 	if (ep->proxy && !indialog && !pl_strcmp(&msg->met, "INVITE"))
 		return lsip_request_incoming(ep, msg);
 
-	/* re-INVITE crossing ours: 491 (call.c) */
+	/* re-INVITE crossing ours (491) or without a common codec (488) */
 	if (indialog && !pl_strcmp(&msg->met, "INVITE") &&
-	    lsip_call_glare(ep, msg))
+	    lsip_call_reinvite(ep, msg))
 		return true;
 
 	if (!pl_strcmp(&msg->met, "INVITE") || !pl_strcmp(&msg->met, "ACK") ||
