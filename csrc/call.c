@@ -50,6 +50,7 @@ struct lsip_call {
 	/* mid-call offer/answer (see "re-INVITE" below) */
 	struct lsip_media *media;    /* call's RTP (ref), NULL: SDP by hand */
 	struct sip_request *mreq;    /* our re-INVITE in progress */
+	struct sip_dialog *mdlg;     /* its dialog (ref): ACK after hangup */
 	struct le mle;               /* in mcalls: media or re-INVITE sent */
 	uint32_t ack_cseq;           /* CSeq of our last ACKed re-INVITE */
 	int mtoken;                  /* Lua object told the outcome ... */
@@ -81,6 +82,7 @@ static void call_destructor(void *arg)
 	tmr_cancel(&call->evtmr);
 	list_unlink(&call->mle);
 	mem_deref(call->mreq);       /* resph is not called after this */
+	mem_deref(call->mdlg);
 	mem_deref(call->sess);
 	mem_deref(call->media);
 	mem_deref(call->ldesc);
@@ -919,7 +921,7 @@ static void modify_done(struct lsip_call *call, uint16_t scode,
 static int send_ack(struct lsip_call *call, struct mbuf *desc)
 {
 	return sip_drequestf(NULL, lsip_ep_sip(call->ep), false, "ACK",
-			     sipsess_dialog(call->sess), call->ack_cseq,
+			     call->mdlg, call->ack_cseq,
 			     NULL, NULL, NULL, NULL,
 			     "%s"
 			     "Content-Length: %zu\r\n"
@@ -954,9 +956,9 @@ bool lsip_call_response(struct lsip_ep *ep, const struct sip_msg *msg)
 	for (le = list_head(&mcalls); le; le = le->next) {
 		struct lsip_call *call = le->data;
 
-		if (call->ep != ep || !call->sess ||
+		if (call->ep != ep || !call->mdlg ||
 		    call->ack_cseq != msg->cseq.num ||
-		    !sip_dialog_cmp(sipsess_dialog(call->sess), msg))
+		    !sip_dialog_cmp(call->mdlg, msg))
 			continue;
 
 		/* a late offer's ACK carried our answer: the same again */
@@ -972,11 +974,10 @@ bool lsip_call_response(struct lsip_ep *ep, const struct sip_msg *msg)
 /* 2xx to our re-INVITE: ACK (with our answer when the 200 offered) */
 static int modify_ack(struct lsip_call *call, const struct sip_msg *msg)
 {
-	struct sip_dialog *dlg = sipsess_dialog(call->sess);
 	struct mbuf *desc = NULL;
 	int err = 0, aerr;
 
-	(void)sip_dialog_update(dlg, msg);       /* target refresh */
+	(void)sip_dialog_update(call->mdlg, msg);   /* target refresh */
 	set_rdesc(call, msg);
 
 	if (call->mmode == MOD_LATE && mbuf_get_left(msg->mb)) {
@@ -1021,6 +1022,11 @@ static void modify_resp_handler(int err, const struct sip_msg *msg,
 	}
 
 	if (call->state == CALL_CLOSED || !call->sess) {
+		/* a 2xx is ACKed even so (our BYE went out already) */
+		if (scode >= 200 && scode < 300) {
+			call->ack_cseq = msg->cseq.num;
+			(void)send_ack(call, NULL);
+		}
 		modify_done(call, scode, reason, err);
 		return;
 	}
@@ -1106,6 +1112,8 @@ static int l_call_modify(lua_State *L)
 			    body ? mbuf_buf(body) : NULL,
 			    body ? mbuf_get_left(body) : (size_t)0);
 	if (!err) {
+		mem_deref(call->mdlg);
+		call->mdlg = mem_ref(sipsess_dialog(call->sess));
 		if (!call->mle.list)
 			list_append(&mcalls, &call->mle, call);
 		call->mtoken = lsip_pin(L, 5);
