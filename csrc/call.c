@@ -46,6 +46,22 @@ struct lsip_call {
 	int err;                     /* errno when cause is "error" */
 	int self;                    /* pin until closed */
 	bool outgoing;
+
+	/* mid-call offer/answer (see "re-INVITE" below) */
+	struct lsip_media *media;    /* call's RTP (ref), NULL: SDP by hand */
+	struct sip_request *mreq;    /* our re-INVITE in progress */
+	struct sip_dialog *mdlg;     /* its dialog (ref): ACK after hangup */
+	struct le mle;               /* in mcalls: media or re-INVITE sent */
+	uint32_t ack_cseq;           /* CSeq of our last ACKed re-INVITE */
+	int mtoken;                  /* Lua object told the outcome ... */
+	bool mwait;                  /* ... while this is set */
+	struct tmr evtmr;            /* events from sipsess handlers */
+	uint8_t evq[8];              /* queued for evtmr */
+	uint8_t nev;
+	enum sdp_dir mprev;          /* our direction before the re-INVITE */
+	enum {MOD_MEDIA, MOD_BODY, MOD_LATE} mmode;  /* whose offer */
+	bool offered;                /* our offer is in a 200: answer in ACK */
+	bool held;                   /* as last told to Lua */
 };
 
 
@@ -64,13 +80,22 @@ static void call_destructor(void *arg)
 		call->st = mem_deref(call->st);
 	}
 
+	tmr_cancel(&call->evtmr);
+	list_unlink(&call->mle);
+	mem_deref(call->mreq);       /* resph is not called after this */
+	mem_deref(call->mdlg);
 	mem_deref(call->sess);
+	mem_deref(call->media);
 	mem_deref(call->ldesc);
 	mem_deref(call->rdesc);
 	mem_deref(call->cause);
 	mem_deref((void *)call->msg);
 	mem_deref(call->ep);
 }
+
+
+static void modify_done(struct lsip_call *call, uint16_t scode,
+			const char *reason, int err);
 
 
 /* enter CLOSED; returns false if it already was */
@@ -81,6 +106,7 @@ static bool call_set_closed(struct lsip_call *call, const char *cause)
 
 	call->state = CALL_CLOSED;
 	call->t_end = tmr_jiffies();
+	modify_done(call, 0, "hangup", ECONNRESET);   /* hold() waiting */
 	if (!call->cause)
 		(void)str_dup(&call->cause, cause);
 
@@ -119,24 +145,200 @@ static void set_rdesc(struct lsip_call *call, const struct sip_msg *msg)
 }
 
 
-/* re-INVITE or UPDATE-less offer from the peer: answer with our SDP */
+/*
+ * re-INVITE
+ *
+ * With media attached (call:_media), the far end's offers are answered
+ * by media.c against the running RTP session: a re-INVITE with SDP gets
+ * our answer (488 when no codec is common, and nothing changes), one
+ * without SDP gets our offer in the 200 and the answer comes in the ACK.
+ * An incoming INVITE without SDP works the same way (call:_answer with
+ * our offer). Our own re-INVITE (call:_modify) is sent on the session's
+ * dialog with a handler of ours, since sipsess reports no failed one.
+ * Handlers inside sipsess only queue "update", "hold" and "resume"; a
+ * zero timer emits them after libre has sent its reply.
+ */
+
+
+enum call_ev {
+	EV_UPDATE = 1,
+	EV_HOLD,
+	EV_RESUME,
+};
+
+
+static const char *ev_names[] = {"", "update", "hold", "resume"};
+
+
+static struct list mcalls;   /* calls with media or a re-INVITE sent */
+
+
+/**
+ * Refuse a re-INVITE before sipsess sees it: 491 when it crosses one of
+ * ours (RFC 3261 14.2), 488 Not Acceptable Here when its offer has no
+ * codec in common with the call's media (libre would answer 488 with an
+ * errno text as reason)
+ *
+ * Runs inside re_main from the endpoint's request listener.
+ *
+ * @param ep  Endpoint
+ * @param msg In-dialog INVITE
+ *
+ * @return true if it was answered here
+ */
+bool lsip_call_reinvite(struct lsip_ep *ep, const struct sip_msg *msg)
+{
+	struct sip *sip = lsip_ep_sip(ep);
+	struct le *le;
+
+	for (le = list_head(&mcalls); le; le = le->next) {
+		struct lsip_call *call = le->data;
+
+		if (call->ep != ep || !call->sess ||
+		    !sip_dialog_cmp(sipsess_dialog(call->sess), msg))
+			continue;
+
+		if (call->mreq) {
+			(void)sip_treply(NULL, sip, msg, 491,
+					 "Request Pending");
+			return true;
+		}
+		if (call->media && mbuf_get_left(msg->mb) &&
+		    lsip_media_probe(call->media, msg->mb)) {
+			(void)sip_treply(NULL, sip, msg, 488,
+					 "Not Acceptable Here");
+			return true;
+		}
+		return false;
+	}
+
+	return false;
+}
+
+
+/* the far end's direction as it stated it (libre's rdir is ours) */
+static enum sdp_dir remote_dir(const struct lsip_call *call)
+{
+	enum sdp_dir d = lsip_media_rdir(call->media);
+
+	return (enum sdp_dir)(((d & SDP_RECVONLY) ? SDP_SENDONLY : 0) |
+			      ((d & SDP_SENDONLY) ? SDP_RECVONLY : 0));
+}
+
+
+/* held: the far end does not want our audio (sendonly/inactive/0.0.0.0) */
+static bool remote_holds(const struct lsip_call *call)
+{
+	return call->media && !(lsip_media_rdir(call->media) & SDP_SENDONLY);
+}
+
+
+static void ev_handler(void *arg)
+{
+	struct lsip_call *call = arg;
+	lua_State *L = lsip_L;
+	uint8_t evq[8];
+	uint8_t i, n = call->nev;
+
+	memcpy(evq, call->evq, n);
+	call->nev = 0;
+	mem_ref(call);                       /* Lua may close the call */
+	for (i = 0; i < n && call->state != CALL_CLOSED; i++) {
+		if (!lsip_push_ref(L, call->self))
+			break;
+		lsip_emit(L, ev_names[evq[i]], 1);
+	}
+	mem_deref(call);
+}
+
+
+static void ev_queue(struct lsip_call *call, enum call_ev ev)
+{
+	if (call->nev < sizeof(call->evq))
+		call->evq[call->nev++] = (uint8_t)ev;
+	tmr_start(&call->evtmr, 0, ev_handler, call);
+}
+
+
+/* a remote offer or answer was applied: tell Lua what changed */
+static void media_changed(struct lsip_call *call, bool update)
+{
+	bool held = remote_holds(call);
+
+	if (update)
+		ev_queue(call, EV_UPDATE);
+	if (held != call->held)
+		ev_queue(call, held ? EV_HOLD : EV_RESUME);
+	call->held = held;
+}
+
+
+static void set_ldesc(struct lsip_call *call, struct mbuf *desc)
+{
+	mem_deref(call->ldesc);
+	call->ldesc = mem_ref(desc);
+}
+
+
+/* re-INVITE (or a 200 to our INVITE without SDP) with the far end's offer */
 static int offer_handler(struct mbuf **descp, const struct sip_msg *msg,
 			 void *arg)
 {
 	struct lsip_call *call = arg;
+	struct mbuf *desc = NULL;
+	int err;
 
-	set_rdesc(call, msg);
-	*descp = mem_ref(call->ldesc);
+	if (!call->media) {          /* SDP by hand: our last one */
+		set_rdesc(call, msg);
+		*descp = mem_ref(call->ldesc);
+		return 0;
+	}
+
+	if (call->mreq)
+		return EBUSY;        /* our own re-INVITE is pending */
+
+	if (!mbuf_get_left(msg->mb)) {
+		/* late offer: ours goes in the 200, theirs in the ACK */
+		err = lsip_media_offer_mb(call->media, &desc);
+		if (err)
+			return err;
+		call->offered = true;
+	}
+	else {
+		err = lsip_media_update(call->media, msg->mb, &desc);
+		/* lsip_call_reinvite() checked the codecs already */
+		if (err)
+			return err;  /* libre answers 488 */
+		set_rdesc(call, msg);
+		media_changed(call, msg->req);
+	}
+
+	set_ldesc(call, desc);
+	*descp = desc;
 	return 0;
 }
 
 
+/* answer to our offer: 200 to our INVITE, or the ACK after a late offer */
 static int answer_handler(const struct sip_msg *msg, void *arg)
 {
 	struct lsip_call *call = arg;
+	int err = 0;
 
 	set_rdesc(call, msg);
-	return 0;
+	if (!call->offered || !call->media)
+		return 0;
+
+	call->offered = false;
+	if (mbuf_get_left(msg->mb))
+		err = lsip_media_set_answer_mb(call->media, msg->mb);
+	else
+		err = EPROTO;        /* ACK without the answer we asked for */
+
+	if (!err)
+		media_changed(call, call->state == CALL_ESTABLISHED);
+
+	return err;                  /* initial ACK: libre ends the call */
 }
 
 
@@ -410,6 +612,9 @@ static int l_call_answer(lua_State *L)
 	lsip_headers(&hdrs, L, 2, "answer");
 	lsip_body(&body, L, 3, "answer");
 
+	/* INVITE without SDP: our offer goes in the 200 (answer in ACK) */
+	call->offered = body && !call->rdesc;
+
 	if (!call->sess)
 		err = call_accept(call, 200, "OK", body, hdrs);
 	else
@@ -668,6 +873,279 @@ static int l_call_new(lua_State *L)
 }
 
 
+/* call:_media(media | nil): re-INVITE offers are answered by media */
+static int l_call_media(lua_State *L)
+{
+	struct lsip_call *call = call_check(L);
+	struct lsip_media *m = NULL;
+
+	if (!lua_isnoneornil(L, 2))
+		m = lsip_media_get(L, 2);
+
+	if (call) {
+		mem_deref(call->media);
+		call->media = mem_ref(m);
+		call->held = remote_holds(call);
+		if (m && !call->mle.list)
+			list_append(&mcalls, &call->mle, call);
+	}
+
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+
+static int modify_send_handler(enum sip_transp tp, const struct sa *src,
+			       const struct sa *dst, struct mbuf *mb,
+			       void *arg)
+{
+	struct lsip_call *call = arg;
+	struct sip_contact contact;
+	(void)dst;
+
+	sip_contact_set(&contact, lsip_ep_user(call->ep), src, tp);
+	return mbuf_printf(mb, "%H", sip_contact_print, &contact);
+}
+
+
+/* tell the waiting Lua token "modified" (status, reason, errno), once */
+static void modify_done(struct lsip_call *call, uint16_t scode,
+			const char *reason, int err)
+{
+	lua_State *L = lsip_L;
+	int ref = call->mtoken;
+
+	if (!call->mwait)
+		return;
+
+	call->mwait = false;
+	if (!lsip_push_ref(L, ref))
+		return;
+
+	lsip_unpin(L, &ref);
+	lua_pushinteger(L, scode);
+	lua_pushstring(L, reason);
+	lua_pushinteger(L, err);
+	lsip_emit(L, "modified", 4);
+}
+
+
+/* ACK for the 2xx to our re-INVITE (again for each retransmission) */
+static int send_ack(struct lsip_call *call, struct mbuf *desc)
+{
+	return sip_drequestf(NULL, lsip_ep_sip(call->ep), false, "ACK",
+			     call->mdlg, call->ack_cseq,
+			     NULL, NULL, NULL, NULL,
+			     "%s"
+			     "Content-Length: %zu\r\n"
+			     "\r\n"
+			     "%b",
+			     desc ? "Content-Type: application/sdp\r\n" : "",
+			     desc ? mbuf_get_left(desc) : (size_t)0,
+			     desc ? mbuf_buf(desc) : NULL,
+			     desc ? mbuf_get_left(desc) : (size_t)0);
+}
+
+
+/**
+ * ACK a retransmitted 2xx to one of our re-INVITEs (our ACK was lost)
+ *
+ * Runs inside re_main from the endpoint's response listener, which sees
+ * responses no client transaction took before sipsess's listener does.
+ *
+ * @param ep  Endpoint
+ * @param msg Response
+ *
+ * @return true if it was ours
+ */
+bool lsip_call_response(struct lsip_ep *ep, const struct sip_msg *msg)
+{
+	struct le *le;
+
+	if (msg->scode < 200 || msg->scode > 299 ||
+	    pl_strcmp(&msg->cseq.met, "INVITE"))
+		return false;
+
+	for (le = list_head(&mcalls); le; le = le->next) {
+		struct lsip_call *call = le->data;
+
+		if (call->ep != ep || !call->mdlg ||
+		    call->ack_cseq != msg->cseq.num ||
+		    !sip_dialog_cmp(call->mdlg, msg))
+			continue;
+
+		/* a late offer's ACK carried our answer: the same again */
+		(void)send_ack(call, call->mmode == MOD_LATE ?
+			       call->ldesc : NULL);
+		return true;
+	}
+
+	return false;
+}
+
+
+/* 2xx to our re-INVITE: ACK (with our answer when the 200 offered) */
+static int modify_ack(struct lsip_call *call, const struct sip_msg *msg)
+{
+	struct mbuf *desc = NULL;
+	int err = 0, aerr;
+
+	(void)sip_dialog_update(call->mdlg, msg);   /* target refresh */
+	set_rdesc(call, msg);
+
+	if (call->mmode == MOD_LATE && mbuf_get_left(msg->mb)) {
+		err = lsip_media_update(call->media, msg->mb, &desc);
+		if (!err)
+			set_ldesc(call, desc);
+	}
+	else if (call->mmode == MOD_MEDIA && mbuf_get_left(msg->mb)) {
+		err = lsip_media_set_answer_mb(call->media, msg->mb);
+	}
+	else if (call->mmode != MOD_BODY) {
+		err = EPROTO;                    /* no SDP where one is due */
+	}
+
+	call->ack_cseq = msg->cseq.num;
+	aerr = send_ack(call, desc);
+	mem_deref(desc);
+
+	if (!err && call->mmode != MOD_BODY)
+		media_changed(call, false);
+
+	return err ? err : aerr;
+}
+
+
+static void modify_resp_handler(int err, const struct sip_msg *msg,
+				void *arg)
+{
+	struct lsip_call *call = arg;
+	char reason[64] = "";
+	uint16_t scode = 0;
+
+	if (!err && msg->scode < 200)
+		return;
+
+	if (err) {
+		re_snprintf(reason, sizeof(reason), "%m", err);
+	}
+	else {
+		scode = msg->scode;
+		(void)pl_strcpy(&msg->reason, reason, sizeof(reason));
+	}
+
+	if (call->state == CALL_CLOSED || !call->sess) {
+		/* a 2xx is ACKed even so (our BYE went out already) */
+		if (scode >= 200 && scode < 300) {
+			call->ack_cseq = msg->cseq.num;
+			(void)send_ack(call, NULL);
+		}
+		modify_done(call, scode, reason, err);
+		return;
+	}
+
+	if (scode >= 200 && scode < 300) {
+		err = modify_ack(call, msg);
+		if (err) {
+			/* the offer or answer in the 200 is unusable */
+			scode = 488;
+			str_ncpy(reason, "Not Acceptable Here",
+				 sizeof(reason));
+		}
+	}
+	else if (call->mmode == MOD_MEDIA) {
+		/* refused: the session goes on as before the offer */
+		lsip_media_set_ldir(call->media, call->mprev);
+	}
+
+	modify_done(call, scode, reason, err);
+}
+
+
+/*
+ * call:_modify(direction | nil, body | nil, late, token)
+ *   -> true | nil, err, code
+ * send a re-INVITE; token gets "modified" (status, reason, errno) at its
+ * final response or when the call closes first. Without
+ * a body the call's media offers (direction set first: "sendonly" for
+ * hold, "sendrecv" to resume); with late, no SDP at all and the 200's
+ * offer is answered in the ACK.
+ */
+static int l_call_modify(lua_State *L)
+{
+	static const char *const names[] = {
+		"inactive", "recvonly", "sendonly", "sendrecv", NULL
+	};
+	static const enum sdp_dir dirs[] = {
+		SDP_INACTIVE, SDP_RECVONLY, SDP_SENDONLY, SDP_SENDRECV
+	};
+	struct lsip_call *call = call_check(L);
+	bool late = lua_toboolean(L, 4);
+	struct mbuf *body = NULL;
+	int n, err, d = -1;
+
+	if (!lua_isnoneornil(L, 2))
+		d = luaL_checkoption(L, 2, NULL, names);
+
+	if ((n = check_open(L, call, "modify")))
+		return n;
+	if (!call->sess || call->state != CALL_ESTABLISHED)
+		return lsip_fail(L, ENOTCONN, "modify");
+	if (call->mreq || call->offered)
+		return lsip_fail(L, EALREADY, "modify");
+
+	luaL_checktype(L, 5, LUA_TTABLE);
+	lsip_body(&body, L, 3, "modify");
+	if (!body && !call->media)
+		return luaL_error(L, "modify: the call has no media (pass "
+				  "an SDP body)");
+
+	call->mmode = body ? MOD_BODY : late ? MOD_LATE : MOD_MEDIA;
+	if (call->mmode == MOD_MEDIA) {
+		call->mprev = lsip_media_ldir(call->media);
+		if (d >= 0)
+			lsip_media_set_ldir(call->media, dirs[d]);
+		err = lsip_media_offer_mb(call->media, &body);
+		if (err) {
+			lsip_media_set_ldir(call->media, call->mprev);
+			return lsip_fail(L, err, "modify");
+		}
+	}
+
+	err = sip_drequestf(&call->mreq, lsip_ep_sip(call->ep), true,
+			    "INVITE", sipsess_dialog(call->sess), 0, NULL,
+			    modify_send_handler, modify_resp_handler, call,
+			    "%s%s"
+			    "Content-Length: %zu\r\n"
+			    "\r\n"
+			    "%b",
+			    allow_hdr,
+			    body ? "Content-Type: application/sdp\r\n" : "",
+			    body ? mbuf_get_left(body) : (size_t)0,
+			    body ? mbuf_buf(body) : NULL,
+			    body ? mbuf_get_left(body) : (size_t)0);
+	if (!err) {
+		mem_deref(call->mdlg);
+		call->mdlg = mem_ref(sipsess_dialog(call->sess));
+		if (!call->mle.list)
+			list_append(&mcalls, &call->mle, call);
+		call->mtoken = lsip_pin(L, 5);
+		call->mwait = true;
+	}
+	if (!err && body)
+		set_ldesc(call, body);
+	else if (err && call->mmode == MOD_MEDIA)
+		lsip_media_set_ldir(call->media, call->mprev);
+	mem_deref(body);
+
+	if (err)
+		return lsip_fail(L, err, "modify");
+
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+
 static void push_desc(lua_State *L, const struct mbuf *mb)
 {
 	if (mb)
@@ -758,6 +1236,26 @@ static int l_call_getfield(lua_State *L)
 		push_desc(L, call->ldesc);
 		return 1;
 	}
+	if (!strcmp(key, "held")) {
+		lua_pushboolean(L, remote_holds(call));
+		return 1;
+	}
+	if (!strcmp(key, "remote_direction")) {
+		if (!call->media)
+			return 0;
+		lua_pushstring(L, sdp_dir_name(remote_dir(call)));
+		return 1;
+	}
+	if (!strcmp(key, "holding")) {
+		lua_pushboolean(L, call->media &&
+				!(lsip_media_ldir(call->media) &
+				  SDP_RECVONLY));
+		return 1;
+	}
+	if (!strcmp(key, "modifying")) {
+		lua_pushboolean(L, call->mreq != NULL);
+		return 1;
+	}
 	if (!strcmp(key, "call_id") && call->sess) {
 		lua_pushstring(L, sip_dialog_callid(
 				       sipsess_dialog(call->sess)));
@@ -785,6 +1283,8 @@ int lsip_open_call(lua_State *L)
 		{"reject", l_call_reject},
 		{"hangup", l_call_hangup},
 		{"info", l_call_info},
+		{"_media", l_call_media},
+		{"_modify", l_call_modify},
 		{"close", l_call_close},
 		{NULL, NULL}
 	};

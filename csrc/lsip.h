@@ -108,6 +108,20 @@ struct sip_dialog *lsip_call_dialog(lua_State *L, int idx,
 void lsip_refer_incoming(struct lsip_ep *ep, struct sip_dialog *dlg,
 			 const struct sip_msg *msg, int callref);
 bool lsip_refer_notify(struct lsip_ep *ep, const struct sip_msg *msg);
+bool lsip_call_reinvite(struct lsip_ep *ep, const struct sip_msg *msg);
+bool lsip_call_response(struct lsip_ep *ep, const struct sip_msg *msg);
+
+/* media.c: mid-call offer/answer for call.c (re-INVITE, hold, late offer) */
+struct lsip_media;
+struct lsip_media *lsip_media_get(lua_State *L, int idx);
+int  lsip_media_update(struct lsip_media *m, struct mbuf *offer,
+		       struct mbuf **answerp);
+int  lsip_media_offer_mb(struct lsip_media *m, struct mbuf **offerp);
+int  lsip_media_probe(struct lsip_media *m, struct mbuf *offer);
+int  lsip_media_set_answer_mb(struct lsip_media *m, struct mbuf *answer);
+enum sdp_dir lsip_media_rdir(const struct lsip_media *m);
+enum sdp_dir lsip_media_ldir(const struct lsip_media *m);
+void lsip_media_set_ldir(struct lsip_media *m, enum sdp_dir dir);
 
 /* proxy.c */
 bool lsip_proxy_incoming(struct lsip_ep *ep, const struct sip_msg *msg,

@@ -67,6 +67,7 @@ struct lsip_media {
 	int codecs[4];            /* allowed: payload types in order */
 	int ncodecs;
 	bool symmetric, latched, started, marker, ev_active;
+	bool rhold;               /* far end offered c=0.0.0.0 (old hold) */
 
 	/* player */
 	enum src_type src;
@@ -457,7 +458,7 @@ static void send_frame(struct lsip_media *m)
 	}
 
 	/* recvonly/inactive (ours or theirs): the clock runs, nothing sent */
-	if (!(sdp_media_dir(m->sm) & SDP_SENDONLY)) {
+	if (!(sdp_media_dir(m->sm) & SDP_SENDONLY) || m->rhold) {
 		m->ts += FRAME;
 		return;
 	}
@@ -1245,6 +1246,280 @@ static int l_media_close(lua_State *L)
 		*box = mem_deref(m);
 	mem_deref(m);
 	return 0;
+}
+
+
+/*
+ * Mid-call offer/answer for call.c (re-INVITE, hold/resume, late offer).
+ * These run inside re_main from sipsess handlers; they never touch Lua.
+ * The RTP socket, pacing and SSRC stay: only the far end's address,
+ * codec and direction follow the new SDP.
+ */
+
+
+/* the first G.711 format the far end offered that we allow, or -1 */
+static int common_codec(const struct sdp_media *sm)
+{
+	const struct sdp_format *fmt;
+	struct le *le;
+
+	le = list_head(sdp_media_format_lst(sm, false));
+	for (; le; le = le->next) {
+		fmt = le->data;
+		if (!fmt->sup || fmt->srate != SRATE)
+			continue;
+		if (fmt->pt == CODEC_PCMU && !str_casecmp(fmt->name, "PCMU"))
+			return fmt->pt;
+		if (fmt->pt == CODEC_PCMA && !str_casecmp(fmt->name, "PCMA"))
+			return fmt->pt;
+	}
+
+	return -1;
+}
+
+
+/* decode offer into a scratch session with our formats: 0 if usable */
+static int probe_offer(const struct lsip_media *m, struct mbuf *offer)
+{
+	struct sdp_session *sess = NULL;
+	struct sdp_media *sm = NULL;
+	const struct sdp_format *fmt;
+	size_t pos = offer->pos;
+	struct le *le;
+	int err;
+
+	err = sdp_session_alloc(&sess, rtp_local(m->rtp));
+	if (!err)
+		err = sdp_media_add(&sm, sess, "audio",
+				    sa_port(rtp_local(m->rtp)),
+				    sdp_media_proto(m->sm));
+	le = list_head(sdp_media_format_lst(m->sm, true));
+	for (; !err && le; le = le->next) {
+		fmt = le->data;
+		err = sdp_format_add(NULL, sm, false, fmt->id, fmt->name,
+				     fmt->srate, fmt->ch, NULL, NULL, NULL,
+				     false, fmt->params ? "%s" : NULL,
+				     fmt->params);
+	}
+	if (!err)
+		err = sdp_decode(sess, offer, true);
+	offer->pos = pos;
+	if (!err && common_codec(sm) < 0)
+		err = EPROTO;
+
+	mem_deref(sess);
+	return err;
+}
+
+
+/**
+ * Check a re-offer without applying it
+ *
+ * @param m     Media
+ * @param offer SDP offer (pos kept)
+ *
+ * @return 0 if a codec is common, otherwise errorcode
+ */
+int lsip_media_probe(struct lsip_media *m, struct mbuf *offer)
+{
+	if (!m || !offer)
+		return EINVAL;
+
+	return probe_offer(m, offer);
+}
+
+
+/* after a new remote SDP: follow address, RTCP peer, old-style hold */
+static void follow_remote(struct lsip_media *m, const struct sa *prev)
+{
+	const struct sa *ra = sdp_media_raddr(m->sm);
+	struct sa rtcp;
+
+	/* 0.0.0.0, :: or port 0: nowhere to send to */
+	m->rhold = !sa_isset(ra, SA_ALL);
+	if (sa_cmp(prev, ra, SA_ALL))
+		return;
+
+	/* the far end moved: send there, re-latch, restart the jbuf */
+	m->latched = false;
+	sa_cpy(&m->raddr, ra);
+	jbuf_flush(m->jbuf);
+	if (m->started && !m->rhold) {
+		sdp_media_raddr_rtcp(m->sm, &rtcp);
+		if (sa_isset(&rtcp, SA_ALL))
+			rtcp_start(m->rtp, "luasip", &rtcp);
+	}
+}
+
+
+/*
+ * SRTP hook (branch "srtp"): a re-offer keeps the session's crypto. The
+ * same steps as for the first offer/answer go here, around
+ * lsip_media_update() and lsip_media_set_answer_mb(): accept the offer's
+ * RTP/SAVP profile before decoding (probe_offer()'s scratch media needs
+ * the same protocols) and check its a=crypto against the running keys
+ * after. Our a=crypto lines stay on m->sm as set at the first exchange,
+ * so the SDP we encode here carries them unchanged.
+ */
+
+
+/**
+ * Apply the far end's new offer (re-INVITE) and encode our answer
+ *
+ * Nothing changes when no codec is common (the caller answers 488).
+ * c=0.0.0.0 (RFC 2543 hold) stops sending like a=sendonly/inactive.
+ *
+ * @param m       Media
+ * @param offer   SDP offer (read from its pos, pos kept)
+ * @param answerp Our answer
+ *
+ * @return 0 if success, EPROTO if no codec is common, otherwise errorcode
+ */
+int lsip_media_update(struct lsip_media *m, struct mbuf *offer,
+		      struct mbuf **answerp)
+{
+	struct sa prev;
+	enum sdp_dir ldir;
+	size_t pos;
+	int err;
+
+	if (!m || !offer || !answerp)
+		return EINVAL;
+
+	err = probe_offer(m, offer);
+	if (err)
+		return err;
+
+	sa_cpy(&prev, sdp_media_raddr(m->sm));
+	pos = offer->pos;
+	err = sdp_decode(m->sdp, offer, true);
+	offer->pos = pos;
+	if (!err)
+		err = negotiate(m);
+	if (err)
+		return err;
+
+	follow_remote(m, &prev);
+
+	/* answer recvonly/inactive to c=0.0.0.0, as to a=sendonly */
+	ldir = sdp_media_ldir(m->sm);
+	if (m->rhold)
+		sdp_media_set_ldir(m->sm, ldir & SDP_RECVONLY);
+	err = sdp_encode(answerp, m->sdp, false);
+	sdp_media_set_ldir(m->sm, ldir);
+
+	return err;
+}
+
+
+/**
+ * Encode an offer from the media's current state (late offer, re-INVITE)
+ *
+ * @param m      Media
+ * @param offerp SDP offer
+ *
+ * @return 0 if success, otherwise errorcode
+ */
+int lsip_media_offer_mb(struct lsip_media *m, struct mbuf **offerp)
+{
+	if (!m || !offerp)
+		return EINVAL;
+
+	return sdp_encode(offerp, m->sdp, true);
+}
+
+
+/**
+ * Apply the answer to our offer (200 to a re-INVITE, ACK after a late
+ * offer); on error the media is left negotiated as before if it was
+ *
+ * @param m      Media
+ * @param answer SDP answer (pos kept)
+ *
+ * @return 0 if success, EPROTO if no codec is common, otherwise errorcode
+ */
+int lsip_media_set_answer_mb(struct lsip_media *m, struct mbuf *answer)
+{
+	struct sa prev;
+	size_t pos;
+	int err;
+
+	if (!m || !answer)
+		return EINVAL;
+
+	sa_cpy(&prev, sdp_media_raddr(m->sm));
+	pos = answer->pos;
+	err = sdp_decode(m->sdp, answer, false);
+	answer->pos = pos;
+	if (!err)
+		err = negotiate(m);
+	if (err)
+		return err;
+
+	follow_remote(m, &prev);
+	return 0;
+}
+
+
+/**
+ * The direction the far end last stated, seen from our side (libre's
+ * rdir: SDP_SENDONLY means we may send only); c=0.0.0.0 takes sending
+ *
+ * @param m Media
+ *
+ * @return Direction
+ */
+enum sdp_dir lsip_media_rdir(const struct lsip_media *m)
+{
+	enum sdp_dir d;
+
+	if (!m)
+		return SDP_INACTIVE;
+
+	d = sdp_media_rdir(m->sm);
+	return m->rhold ? (enum sdp_dir)(d & SDP_RECVONLY) : d;
+}
+
+
+/**
+ * Our local direction (sendonly or inactive while we hold the far end)
+ *
+ * @param m Media
+ *
+ * @return Direction
+ */
+enum sdp_dir lsip_media_ldir(const struct lsip_media *m)
+{
+	return m ? sdp_media_ldir(m->sm) : SDP_INACTIVE;
+}
+
+
+/**
+ * Set our local direction (hold: sendonly, resume: sendrecv)
+ *
+ * @param m   Media
+ * @param dir Direction
+ */
+void lsip_media_set_ldir(struct lsip_media *m, enum sdp_dir dir)
+{
+	if (m)
+		sdp_media_set_ldir(m->sm, dir);
+}
+
+
+/**
+ * The media struct of a luasip.media box (NULL if closed)
+ *
+ * @param L   Lua state
+ * @param idx Stack index of the box (raises if it is no media)
+ *
+ * @return Media, not referenced
+ */
+struct lsip_media *lsip_media_get(lua_State *L, int idx)
+{
+	struct lsip_media **box = lsip_checkbox(L, idx, LSIP_MEDIA_MT);
+
+	return *box;
 }
 
 

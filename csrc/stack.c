@@ -350,6 +350,11 @@ static bool request_handler(const struct sip_msg *msg, void *arg)
 	if (ep->proxy && !indialog && !pl_strcmp(&msg->met, "INVITE"))
 		return lsip_request_incoming(ep, msg);
 
+	/* re-INVITE crossing ours (491) or without a common codec (488) */
+	if (indialog && !pl_strcmp(&msg->met, "INVITE") &&
+	    lsip_call_reinvite(ep, msg))
+		return true;
+
 	if (!pl_strcmp(&msg->met, "INVITE") || !pl_strcmp(&msg->met, "ACK") ||
 	    !pl_strcmp(&msg->met, "BYE") || !pl_strcmp(&msg->met, "CANCEL"))
 		return false;
@@ -366,7 +371,7 @@ static bool request_handler(const struct sip_msg *msg, void *arg)
  * sipsess's listener (which takes every INVITE 2xx) */
 static bool response_handler(const struct sip_msg *msg, void *arg)
 {
-	return lsip_proxy_response(arg, msg);
+	return lsip_call_response(arg, msg) || lsip_proxy_response(arg, msg);
 }
 
 

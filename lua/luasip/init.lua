@@ -364,7 +364,8 @@ end
 --   realm = }`, a list of those, or function(realm) -> user, password),
 --   `follow_redirects` (n: on a 3xx call its best Contact not yet tried,
 --   at most n times; default 0), `media` (true: offer RTP audio and run
---   it from the answer on, see luasip.media), `codecs` (with media:
+--   it from the answer on, see luasip.media; "late": INVITE without SDP,
+--   the 200's offer is answered in the ACK), `codecs` (with media:
 --   { "PCMU", "PCMA" } in order of preference), `symmetric` (latch RTP
 --   to the first source), `direction` ("sendrecv", ...),
 --   `telephone_event` (false: no RFC 4733, digits detected in-band),
@@ -390,6 +391,7 @@ function EP.call(ep, uri, opts)
         m, merr, mcode = media.offer(ep, opts)
         if not m then return nil, merr, mcode end
         body = merr
+        if opts.media == "late" then body = nil end  -- offer comes in the 200
     end
     ::dial::
     local call, err, code = core.call(ep, uri, opts.from, opts.display,
@@ -400,6 +402,7 @@ function EP.call(ep, uri, opts)
         return nil, err, code
     end
     sched.own(call)
+    if m and opts.media == "late" then media.late(call, m) end
     if opts.on_progress then sched.on(call, "progress", opts.on_progress) end
     while true do
         local st = call.state
@@ -468,7 +471,8 @@ end
 -- @tparam[opt] table opts `body` (SDP answer), `headers`, `timeout`
 --   (seconds to wait for the ACK, default 32), `media` (true: answer the
 --   INVITE's SDP offer with RTP audio and start it when established; an
---   offer without a common codec gets 488), `codecs` ({ "PCMU", "PCMA" }:
+--   offer without a common codec gets 488; an INVITE without SDP gets our
+--   offer in the 200 and the ACK's answer), `codecs` ({ "PCMU", "PCMA" }:
 --   allowed, the offerer's order decides), `symmetric`, `direction`,
 --   `srtp` ("off", "optional", "mandatory": the offer's SRTP must fit
 --   or the call gets 488), `srtp_suites`
@@ -481,8 +485,8 @@ function CALL.answer(call, opts)
     end
     local body = opts.body
     if opts.media then                          -- SDP answer (luasip.media)
-        local merr, mcode
-        body, merr, mcode = media.answer_sdp(call, opts)
+        local merr, mcode                       -- (our offer: INVITE w/o SDP)
+        body, merr, mcode = media.answer_sdp(call, opts, true)
         if not body then
             if mcode == 488 then call:reject(488, "Not Acceptable Here") end
             return nil, merr, mcode
@@ -521,7 +525,8 @@ end
 
 
 --- Wait for the next event on the call ("progress", "established",
--- "info", "closed"); returns the event name and its values.
+-- "info", "update", "hold", "resume", "closed"); returns the event name
+-- and its values.
 -- @tparam[opt] number timeout seconds
 function CALL.wait(call, timeout)
     local dl = deadline(timeout, "luasip.wait")
@@ -533,7 +538,8 @@ end
 
 
 --- Run fn(call, ...) in a new task for every event ev ("progress",
--- "established", "info", "closed").
+-- "established", "info", "closed"; "update", "hold", "resume" when the
+-- far end re-INVITEs, see luasip.modify).
 function CALL.on(call, ev, fn)
     if type(ev) ~= "string" then argerror("on", 1, "event name", type(ev)) end
     if type(fn) ~= "function" then argerror("on", 2, "function", type(fn)) end
@@ -551,6 +557,8 @@ end
 
 -- call:transfer(target) and call:on("refer", fn) (see luasip.transfer)
 require "luasip.transfer"
+-- call:hold(), call:resume(), call:modify{} (see luasip.modify)
+require "luasip.modify"
 
 
 --- Digest authentication: req/call `:challenge`, `:authenticate`,

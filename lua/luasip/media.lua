@@ -20,6 +20,7 @@ local call_ep = setmetatable({}, { __mode = "k" })   -- incoming call -> ep
 local ep_ports = setmetatable({}, { __mode = "k" })  -- ep -> { min, max }
 local ep_srtp = setmetatable({}, { __mode = "k" })   -- ep -> { policy, suites }
 local sdp_cache = setmetatable({}, { __mode = "k" }) -- media -> our answer
+local late_of = setmetatable({}, { __mode = "k" })   -- call -> media (late offer)
 
 local DEFAULT_CODECS = { "PCMU", "PCMA" }
 local SRTP_POLICIES = { off = true, optional = true, mandatory = true }
@@ -100,6 +101,7 @@ local function stop_media(call)
     local m = media_of[call]
     if m then
         media_of[call] = nil
+        call:_media(nil)   -- re-INVITEs no longer reach it
         sched.forget(call)
         m:close()          -- wakes a task in play/record/collect
     end
@@ -136,6 +138,7 @@ end
 
 local function attach(call, m)
     media_of[call] = m
+    call:_media(m)         -- re-INVITE offers are answered from m (call.c)
     sched.on(call, "closed", stop_media)
     sched.on(call, "info", info_digit)
 end
@@ -143,17 +146,19 @@ end
 
 --- For call:answer{ media = true } and call:progress{ media = true }:
 -- the SDP answer to the INVITE's offer (the media is kept on the call).
+-- With `late_ok` an INVITE without SDP gets our offer instead (for the
+-- 200; call.c applies the answer from the ACK).
 -- @return sdp, or nil, message, code (488 when no codec is common)
-function _M.answer_sdp(call, opts)
+function _M.answer_sdp(call, opts, late_ok)
     local m = media_of[call]
     if m then return sdp_cache[m] end
     local offer = call.remote_sdp
-    if not offer then return nil, "media: INVITE without SDP offer", 488 end
+    if not offer and not late_ok then return nil, "media: INVITE without SDP offer", 488 end
     local err, code
     m, err, code = new_media(call, call_ep[call], opts)
     if not m then return nil, err, code end
     local sdp
-    sdp, err, code = m:answer(offer)
+    if offer then sdp, err, code = m:answer(offer) else sdp, err, code = m:offer() end
     if not sdp then m:close(); return nil, err, code end
     attach(call, m)
     sdp_cache[m] = sdp
@@ -178,11 +183,25 @@ function _M.offer(ep, opts)
 end
 
 
+--- ep:call{ media = "late" }: the INVITE goes without SDP; the 200's
+-- offer is answered from m in the ACK (call.c), before `answered`.
+function _M.late(call, m)
+    late_of[call] = m
+    call:_media(m)
+end
+
+
 --- The outgoing call is established (or early, with SDP in a 18x):
 -- apply the answer and start.
 -- @return true, or nil, message, code (488: no common codec)
 function _M.answered(call, m, early)
     if media_of[call] == m then return true end    -- early media runs
+    if late_of[call] == m then                     -- offer came in the 200
+        late_of[call] = nil
+        if not call.remote_sdp then m:close(); return nil, "media: 200 without SDP offer", 488 end
+        attach(call, m)
+        return m:start()
+    end
     if m.closed then return nil, "media: closed", ENOTCONN end
     local sdp = call.remote_sdp
     local ok, err, code
