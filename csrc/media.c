@@ -1353,13 +1353,11 @@ static void follow_remote(struct lsip_media *m, const struct sa *prev)
 
 
 /*
- * SRTP hook (branch "srtp"): a re-offer keeps the session's crypto. The
- * same steps as for the first offer/answer go here, around
- * lsip_media_update() and lsip_media_set_answer_mb(): accept the offer's
- * RTP/SAVP profile before decoding (probe_offer()'s scratch media needs
- * the same protocols) and check its a=crypto against the running keys
- * after. Our a=crypto lines stay on m->sm as set at the first exchange,
- * so the SDP we encode here carries them unchanged.
+ * SRTP on re-offers: the same steps as for the first offer/answer; the
+ * re-offer's a=crypto is checked against the running keys (srtp.c keeps
+ * the sessions on the same key, re-keys on a new one). probe_offer()
+ * matches the line by the profile in use only, so a plain re-offer in an
+ * SRTP call (or the reverse) gets 488 before anything changes.
  */
 
 
@@ -1392,10 +1390,14 @@ int lsip_media_update(struct lsip_media *m, struct mbuf *offer,
 
 	sa_cpy(&prev, sdp_media_raddr(m->sm));
 	pos = offer->pos;
+	lsip_msrtp_protos(m->sm, true);
 	err = sdp_decode(m->sdp, offer, true);
+	lsip_msrtp_protos(m->sm, false);
 	offer->pos = pos;
 	if (!err)
 		err = negotiate(m);
+	if (!err && lsip_msrtp_answer(m->srtp, m->sm, m->rtp))
+		err = EPROTO;
 	if (err)
 		return err;
 
@@ -1422,8 +1424,14 @@ int lsip_media_update(struct lsip_media *m, struct mbuf *offer,
  */
 int lsip_media_offer_mb(struct lsip_media *m, struct mbuf **offerp)
 {
+	int err;
+
 	if (!m || !offerp)
 		return EINVAL;
+
+	err = lsip_msrtp_offer(m->srtp, m->sm);
+	if (err)
+		return err;
 
 	return sdp_encode(offerp, m->sdp, true);
 }
@@ -1453,6 +1461,8 @@ int lsip_media_set_answer_mb(struct lsip_media *m, struct mbuf *answer)
 	answer->pos = pos;
 	if (!err)
 		err = negotiate(m);
+	if (!err && lsip_msrtp_apply(m->srtp, m->sm, m->rtp))
+		err = EPROTO;
 	if (err)
 		return err;
 

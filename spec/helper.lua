@@ -140,37 +140,10 @@ end
 
 
 
---- Samples (integers) of a 16-bit mono WAV file, and its sample rate.
-function h.read_wav(path)
-    local s = assert(h.readfile(path), "no file " .. path)
-    assert(s:sub(1, 4) == "RIFF" and s:sub(9, 12) == "WAVE", "not a WAV file: " .. path)
-    local pos, rate, data = 13, nil, nil
-    while pos + 8 <= #s do
-        local id, len = s:sub(pos, pos + 3), string.unpack("<I4", s, pos + 4)
-        if id == "fmt " then
-            rate = string.unpack("<I4", s, pos + 12)
-        elseif id == "data" then
-            data = s:sub(pos + 8, pos + 7 + len)
-            break
-        end
-        pos = pos + 8 + len
-    end
-    assert(data, "no data chunk")
-    local out = {}
-    for i = 1, #data - 1, 2 do out[#out + 1] = string.unpack("<i2", data, i) end
-    return out, rate
-end
-
-
---- Frequency (Hz) from the zero crossings of samples[from..to].
-function h.frequency(samples, rate, from, to)
-    local n, prev = 0, samples[from]
-    for i = from + 1, to do
-        local v = samples[i]
-        if (prev < 0 and v >= 0) or (prev >= 0 and v < 0) then n = n + 1 end
-        prev = v
-    end
-    return n / 2 / ((to - from) / rate)
-end
+-- audio measurements (spec/audio_helper.lua), also as h.read_wav and
+-- h.frequency(samples, rate, from, to)
+h.audio = require "spec.audio_helper"
+h.read_wav = h.audio.read_wav
+h.frequency = h.audio.frequency
 
 return h

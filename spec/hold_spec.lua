@@ -42,35 +42,6 @@ local function sdp_dir(sdp)
 end
 
 
--- samples of a 16-bit mono WAV file
-local function read_wav(path)
-    local s = assert(h.readfile(path), "no file " .. path)
-    local pos = 13
-    while pos + 8 <= #s do
-        local id, len = s:sub(pos, pos + 3), string.unpack("<I4", s, pos + 4)
-        if id == "data" then
-            local out = {}
-            for i = pos + 8, pos + 6 + len, 2 do out[#out + 1] = string.unpack("<i2", s, i) end
-            return out
-        end
-        pos = pos + 8 + len
-    end
-    error("no data chunk in " .. path)
-end
-
-
--- frequency from zero crossings of samples[from..to] at 8 kHz
-local function frequency(samples, from, to)
-    local n, prev = 0, samples[from]
-    for i = from + 1, to do
-        local v = samples[i]
-        if (prev < 0 and v >= 0) or (prev >= 0 and v < 0) then n = n + 1 end
-        prev = v
-    end
-    return n / 2 / ((to - from) / 8000)
-end
-
-
 describe("luasip.call re-INVITE", function()
     after_each(function()
         collectgarbage()
@@ -162,11 +133,71 @@ describe("luasip.call re-INVITE", function()
             end, 10)
             assert.equal("inactive", held_seen)
             assert.equal(0, b_rx_hold)
-            local samples = read_wav(path)
+            local samples, rate = h.read_wav(path)
             os.remove(path)
             assert.is_true(#samples >= 7900, "samples " .. #samples)
-            local f = frequency(samples, 801, #samples)
+            local f = h.frequency(samples, rate, 801, #samples)
             assert.is_true(math.abs(f - 1000) < 20, "frequency " .. f)
+        end)
+
+        it("holds and resumes an SRTP call: same keys, the tone decodes after resume", function()
+            local path = os.tmpname() .. ".wav"
+            local st, answer2
+            run(function()
+                local a, b, uri = pair()
+                b:on("INVITE", function(call)
+                    assert(call:answer { media = true, srtp = "mandatory" })
+                    call:on("resume", function(c) answer2 = c.local_sdp end)
+                    local t0 = sip.now()
+                    while not answer2 and sip.now() - t0 < 4 do sip.sleep(0.02) end
+                    call:play { tone = 1000, duration = 1.5 }
+                    call:wait_hangup(5)
+                end)
+                local call = assert(a:call(uri, { media = true, srtp = "mandatory", timeout = 5 }))
+                local key = call.local_sdp:match("a=crypto:(%d+ %S+ inline:%S+)")
+                assert.is_string(key)
+                assert.is_true(call:hold { timeout = 3 })
+                assert.matches("RTP/SAVP", call.local_sdp, 1, true)
+                assert.equal("recvonly", sdp_dir(call.remote_sdp))
+                assert.is_truthy(call.remote_sdp:match("a=crypto:"))
+                sip.sleep(0.1)
+                assert.equal(0, rx_during(call, 0.4))
+                assert.is_true(call:resume { timeout = 3 })
+                -- the re-offer repeats the line in use
+                assert.equal(key, call.local_sdp:match("a=crypto:(%d+ %S+ inline:%S+)"))
+                sip.sleep(0.3)
+                assert(call:record(path, { max = 1 }))
+                st = call.media_stats
+                call:hangup()
+            end, 10)
+            assert.is_string(st.srtp)
+            assert.equal(0, st.srtp_fail)
+            assert.is_truthy(answer2 and answer2:match("a=crypto:"))
+            local samples, rate = h.read_wav(path)
+            os.remove(path)
+            assert.is_true(#samples >= 7900, "samples " .. #samples)
+            local f = h.frequency(samples, rate, 801, #samples)
+            assert.is_true(math.abs(f - 1000) < 20, "frequency " .. f)
+        end)
+
+        it("refuses a plain re-offer in a mandatory SRTP call with 488, the call goes on", function()
+            local res
+            run(function()
+                local a, b, uri = pair()
+                b:on("INVITE", function(call)
+                    assert(call:answer { media = true, srtp = "mandatory" })
+                    call:wait_hangup(5)
+                end)
+                local call = assert(a:call(uri, { media = true, srtp = "mandatory", timeout = 5 }))
+                local plain = call.local_sdp:gsub("RTP/SAVP", "RTP/AVP"):gsub("a=crypto:[^\r\n]*\r?\n", "")
+                assert.is_falsy(plain:match("crypto"))
+                res = { call:modify { body = plain, timeout = 3 } }
+                sip.sleep(0.1)
+                assert.is_true(rx_during(call, 0.3) >= 8)
+                assert.equal(0, call.media_stats.srtp_fail)
+                call:hangup()
+            end, 8)
+            assert.same({ nil, "488 Not Acceptable Here", 488 }, res)
         end)
 
         it("treats c=0.0.0.0 from the far end as hold and answers recvonly", function()
@@ -389,10 +420,10 @@ describe("luasip.call re-INVITE", function()
             assert.matches("m=audio %d+ RTP/AVP 0 8", got.offer)
             assert.matches("m=audio %d+ RTP/AVP 8", got.answer)
             assert.equal("PCMA", got.codec)
-            local samples = read_wav(path)
+            local samples, rate = h.read_wav(path)
             os.remove(path)
             assert.is_true(#samples >= 7900, "samples " .. #samples)
-            local f = frequency(samples, 801, #samples)
+            local f = h.frequency(samples, rate, 801, #samples)
             assert.is_true(math.abs(f - 1000) < 20, "frequency " .. f)
         end)
     end)
