@@ -17,7 +17,7 @@
 
 local core = require "luasip.core"
 
-local type, error, tostring, ipairs = type, error, tostring, ipairs
+local type, error, tostring, ipairs, pairs = type, error, tostring, ipairs, pairs
 local floor = math.floor
 local spack, sunpack = string.pack, string.unpack
 local hash, hmac, b64, unb64 = core.digest_hash, core.hmac_sha256,
@@ -42,6 +42,9 @@ local ALL_ALGS = { "SHA-512-256", "SHA-256", "MD5" }
 local HA1_FIELD = { ["MD5"] = "ha1", ["SHA-256"] = "ha1_sha256", ["SHA-512-256"] = "ha1_sha512_256" }
 
 local SECRET = random(32)
+
+-- request -> { realm = true, ... } whose Proxy-Authorization it consumed
+local consumed = setmetatable({}, { __mode = "k" })
 local T_LEN, R_LEN, MAC_LEN = 8, 12, 32
 
 
@@ -236,6 +239,11 @@ local function verify(obj, lookup, opts, fname)
     -- right password, old nonce: the client may retry at once (stale=true)
     if state == "stale" then return nil, "stale" end
     if ncv and not nc_accept(nonce, ncv) then return nil, "replay" end
+    if proxy then
+        local set = consumed[obj] or {}
+        set[realm] = true
+        consumed[obj] = set
+    end
     return user
 end
 
@@ -245,6 +253,21 @@ local function incoming_call(call, fname)
     if dir and dir ~= "incoming" then
         error(("call:%s: only for incoming calls"):format(fname), 3)
     end
+end
+
+
+--- Realms whose Proxy-Authorization this request passed
+-- (`authenticate`/`require_auth` with `proxy = true`); `req:forward`
+-- leaves those credentials out (RFC 3261 22.3).
+-- @param req an incoming request
+-- @treturn table|nil list of realms, nil when none
+function _M.consumed_realms(req)
+    local set = consumed[req]
+    if not set then return nil end
+    local list = {}
+    for realm in pairs(set) do list[#list + 1] = realm end
+    table.sort(list)
+    return list
 end
 
 
