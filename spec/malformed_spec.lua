@@ -343,6 +343,79 @@ describe("malformed input", function()
         end)
     end
 
+    describe("over tls", function()
+        local has_ssl, ssl = pcall(require, "ssl")
+        local dir, pem
+
+        setup(function()
+            if not has_ssl then return end
+            dir = os.tmpname()
+            os.remove(dir)
+            assert(os.execute(("mkdir -m 700 %q"):format(dir)))
+            pem = dir .. "/ck.pem"
+            assert(os.execute(("openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 "
+                .. "-days 1 -keyout %q -out %q >/dev/null 2>&1 && cat %q >> %q"):format(
+                dir .. "/k.pem", dir .. "/c.pem", dir .. "/k.pem", pem)))
+            assert(os.execute(("cat %q >> %q"):format(dir .. "/c.pem", pem)))
+        end)
+
+        teardown(function()
+            if dir then os.execute(("rm -rf %q"):format(dir)) end
+        end)
+
+        -- a LuaSec client: handshake, send, read until the peer closes
+        local function tls_send(ep, bytes)
+            local a = addr(ep, "tls")
+            local t = assert(socket.tcp())
+            t:settimeout(1)
+            assert(t:connect(a.host, a.port))
+            t = assert(ssl.wrap(t, { mode = "client", protocol = "any", verify = "none" }))
+            t:settimeout(0)
+            local dl = sip.now() + REPLY_WAIT
+            while true do
+                local ok, err = t:dohandshake()
+                if ok then break end
+                assert(err == "wantread" or err == "wantwrite", err)
+                assert(sip.now() < dl, "TLS handshake timed out")
+                sip.sleep(0.01)
+            end
+            assert(t:send(bytes))
+            local buf, closed = "", false
+            dl = sip.now() + REPLY_WAIT
+            while sip.now() < dl do
+                local d, err, part = t:receive(4096)
+                d = d or part
+                if d and #d > 0 then buf = buf .. d end
+                if err == "closed" then closed = true; break end
+                sip.sleep(0.01)
+            end
+            t:close()
+            return buf, closed
+        end
+
+        it("answers 505 to an unknown version and 400 to a bad start line, then closes", function()
+            if not (has_socket and has_ssl) then
+                pending("needs LuaSec (Debian lua-sec) for a raw TLS client")
+                return
+            end
+            h.run(function()
+                local b = h.endpoint { transports = { "tls" }, user = "bob",
+                                       tls = { cert = pem, key = pem, verify = false } }
+                local seen = 0
+                b:on("OPTIONS", function(r) seen = seen + 1; r:reply(200) end)
+                local reply, closed = tls_send(b, req("tls", { start = "OPTIONS sip:bob@127.0.0.1 SIP/3.0" }))
+                assert.equal("SIP/2.0 505 Version Not Supported", status_line(reply))
+                assert.matches("\r\nVia: SIP/2.0/TLS 127.0.0.1:9;branch=z9hG4bKraw", reply, 1, true)
+                assert.is_true(closed)
+                reply, closed = tls_send(b, req("tls", { start = "HELLO" }))
+                assert.equal("SIP/2.0 400 Bad Request-Line", status_line(reply))
+                assert.is_true(closed)
+                assert.equal(0, seen)
+                sip.sleep(0.05)
+            end, 10)
+        end)
+    end)
+
     describe("over udp", function()
         it("sends the 505 to the Via's sent-by port when there is no rport (RFC 3261 18.2.2)", function()
             if not has_socket then return end
