@@ -28,6 +28,10 @@
 # digest; check with -Wl,-Map that neither member is pulled in.
 # -Wl,--wrap=sip_dialog_update: csrc/proxy.c stops sipsess from following
 # a 3xx to its first Contact by itself (ep:call's follow_redirects does).
+# -Wl,--wrap=sip_msg_decode,udp_listen,tcp_listen,tcp_accept: csrc/badstart.c
+# answers requests with a bad start line or version (400/505), which
+# libre's parser drops; libre hands out neither its SIP sockets nor its
+# connections.
 # librem is static too: librem.so would drag in a second, dynamic libre.
 # --exclude-libs,ALL keeps libre's symbols out of core.so's dynamic table,
 # so another libre in the process cannot interpose or clash.
@@ -59,6 +63,8 @@ LIBREM_LIBDIR	?= $(shell $(PKG_CONFIG) --variable=libdir librem)
 PKG_CFLAGS	?= $(shell $(PKG_CONFIG) --cflags libre librem libsrtp2)
 LIBS		?= -lsrtp2 -lssl -lcrypto -lz -lpthread -ldl -lm
 BUILD		?= build
+BADSTART_WRAPS	= -Wl,--wrap=sip_msg_decode -Wl,--wrap=udp_listen \
+		  -Wl,--wrap=tcp_listen -Wl,--wrap=tcp_accept
 BUSTED_ARGS	?=
 
 # Required flags, not meant to be overridden. The defines are how Debian
@@ -90,7 +96,8 @@ $(BUILD)/obj/%.o: csrc/%.c $(HDRS) Makefile
 $(CORE): $(OBJS) $(STATIC_LIBS)
 	@mkdir -p $(@D)
 	$(CC) -shared $(LIBFLAG) $(LDFLAGS) -o $@ $(OBJS) $(STATIC_LIBS) \
-		$(LIBS) -Wl,--exclude-libs,ALL -Wl,--wrap=sip_dialog_update
+		$(LIBS) -Wl,--exclude-libs,ALL -Wl,--wrap=sip_dialog_update \
+		$(BADSTART_WRAPS)
 
 $(STATIC_LIBS):
 	@echo "$@ not found: run 'sh .ci/deps' (libre-dev, librem-dev)" >&2

@@ -77,6 +77,9 @@ const char *lsip_ep_user(const struct lsip_ep *ep);
 const char *lsip_ep_ua(const struct lsip_ep *ep);
 int  lsip_ep_from(struct lsip_ep *ep, char **fromp, const char *user);
 
+/* badstart.c */
+void lsip_badstart_capture(bool on);
+
 /* request.c */
 struct lsip_req;
 bool lsip_request_incoming(struct lsip_ep *ep, const struct sip_msg *msg);

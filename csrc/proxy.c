@@ -30,6 +30,7 @@ enum {
 	BRANCH_HASH    = 256,     /* power of two */
 	MAXFWD_DEFAULT = 70,
 	TARGETS_MAX    = 64,
+	STRIP_MAX      = 16,      /* names / realms a forward leaves out */
 };
 
 
@@ -345,6 +346,45 @@ static int route_line(struct mbuf *mb, const char *route)
 
 
 /*
+ * What a forward leaves out: headers by name (any case), and the
+ * Proxy-Authorization values for realms the script consumed (RFC 3261
+ * 22.3: only the proxy of that realm may consume them).
+ */
+struct fwd_strip {
+	const char *namev[STRIP_MAX];
+	size_t namec;
+	const char *realmv[STRIP_MAX];
+	size_t realmc;
+};
+
+
+static bool strip_hdr(const struct fwd_strip *st, const struct sip_hdr *hdr)
+{
+	struct httpauth_digest_resp resp;
+	size_t i;
+
+	if (!st)
+		return false;
+
+	for (i = 0; i < st->namec; i++) {
+		if (!pl_strcasecmp(&hdr->name, st->namev[i]))
+			return true;
+	}
+
+	if (!st->realmc || hdr->id != SIP_HDR_PROXY_AUTHORIZATION ||
+	    httpauth_digest_response_decode(&resp, &hdr->val))
+		return false;
+
+	for (i = 0; i < st->realmc; i++) {
+		if (!pl_strcmp(&resp.realm, st->realmv[i]))
+			return true;
+	}
+
+	return false;
+}
+
+
+/*
  * Everything after our Via: the request's headers in order, its own Via
  * with received/rport, Max-Forwards decremented (70 when absent), our
  * nstrip Routes removed and route (if any) pushed on top of the rest,
@@ -352,7 +392,7 @@ static int route_line(struct mbuf *mb, const char *route)
  */
 static int build_rest(struct mbuf **mbp, const struct sip_msg *msg,
 		      uint32_t nstrip, const char *route,
-		      const struct mbuf *hdrs)
+		      const struct mbuf *hdrs, const struct fwd_strip *st)
 {
 	uint32_t viac = 0, routec = 0;
 	bool maxfwd = false, routed = !route;
@@ -367,6 +407,9 @@ static int build_rest(struct mbuf **mbp, const struct sip_msg *msg,
 	for (le = msg->hdrl.head; le; le = le->next) {
 		const struct sip_hdr *hdr = le->data;
 		uint32_t mf;
+
+		if (strip_hdr(st, hdr))
+			continue;
 
 		switch (hdr->id) {
 
@@ -1142,7 +1185,7 @@ static int stateless_send(struct sip *sip, const struct sip_msg *msg,
 	if (err)
 		return err;
 
-	err = build_rest(&rest, msg, nstrip, NULL, NULL);
+	err = build_rest(&rest, msg, nstrip, NULL, NULL, NULL);
 	if (err)
 		return err;
 
@@ -1282,7 +1325,7 @@ bool lsip_proxy_incoming(struct lsip_ep *ep, const struct sip_msg *msg,
 		err = route_nth(&fwd->nexthop, msg, nstrip);
 	}
 	if (!err)
-		err = build_rest(&fwd->mb, msg, nstrip, NULL, NULL);
+		err = build_rest(&fwd->mb, msg, nstrip, NULL, NULL, NULL);
 	if (err) {
 		if (fwd && fwd->st)
 			(void)sip_treply(&fwd->st, sip, msg, 500,
@@ -1471,10 +1514,40 @@ static int get_targets(lua_State *L, struct lsip_fwd *fwd, int idx)
 }
 
 
+/* a list of strings at idx (nil: none) into v; raises naming the option */
+static size_t get_strings(lua_State *L, int idx, const char **v,
+			  const char *opt)
+{
+	lua_Integer i, n;
+
+	if (lua_isnoneornil(L, idx))
+		return 0;
+
+	luaL_checktype(L, idx, LUA_TTABLE);
+	n = luaL_len(L, idx);
+	if (n > STRIP_MAX)
+		luaL_error(L, "bad option '%s' (at most %d names expected, "
+			   "got %d)", opt, STRIP_MAX, (int)n);
+
+	for (i = 1; i <= n; i++) {
+		lua_geti(L, idx, i);
+		v[i - 1] = lua_tostring(L, -1);
+		if (lua_type(L, -1) != LUA_TSTRING)
+			luaL_error(L, "bad option '%s' (string expected at "
+				   "[%d], got %s)", opt, (int)i,
+				   luaL_typename(L, -1));
+		lua_pop(L, 1);  /* the table keeps the string */
+	}
+
+	return (size_t)n;
+}
+
+
 /*
  * core.proxy_forward(req, targets, record_route, parallel, timeout,
- *                    headers, route) -> fwd | nil, err, code
- * Starts forwarding; the task waits for event "done" on fwd.
+ *                    headers, route, remove, realms) -> fwd | nil, err, code
+ * Starts forwarding; the task waits for event "done" on fwd. remove:
+ * header names left out; realms: Proxy-Authorization realms consumed.
  */
 static int l_forward(lua_State *L)
 {
@@ -1483,6 +1556,7 @@ static int l_forward(lua_State *L)
 	bool parallel = lua_toboolean(L, 4);
 	lua_Number timeout = luaL_optnumber(L, 5, FWD_TIMEOUT / 1000.0);
 	const char *route = luaL_optstring(L, 7, NULL);
+	struct fwd_strip st;
 	struct mbuf *hdrs = NULL;
 	struct sip_strans **stp;
 	const struct sip_msg *msg;
@@ -1496,6 +1570,8 @@ static int l_forward(lua_State *L)
 	if (!(timeout > 0) || timeout > 86400)
 		return luaL_error(L, "bad option 'timeout' (positive number "
 				  "of seconds expected, got %f)", timeout);
+	st.namec = get_strings(L, 8, st.namev, "remove_headers");
+	st.realmc = get_strings(L, 9, st.realmv, "consumed realms");
 	if (route) {
 		pl_set_str(&pl, route);
 		if (strpbrk(route, " \t\r\n<>") || uri_decode(&ru, &pl) ||
@@ -1552,7 +1628,7 @@ static int l_forward(lua_State *L)
 	err = route ? str_dup(&fwd->nexthop, route)
 		: route_nth(&fwd->nexthop, msg, nstrip);
 	if (!err)
-		err = build_rest(&fwd->mb, msg, nstrip, route, hdrs);
+		err = build_rest(&fwd->mb, msg, nstrip, route, hdrs, &st);
 	mem_deref(hdrs);
 	if (err)
 		return lsip_fail(L, err, "forward");

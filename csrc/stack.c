@@ -254,6 +254,72 @@ int lsip_ep_from(struct lsip_ep *ep, char **fromp, const char *user)
 }
 
 
+/* CSeq = 1*DIGIT LWS Method, the number below 2**32 (RFC 3261 8.1.1.5);
+ * libre reads it with pl_u32, which wraps */
+static bool cseq_ok(const struct sip_msg *msg)
+{
+	const struct sip_hdr *hdr = sip_msg_hdr(msg, SIP_HDR_CSEQ);
+	uint64_t v = 0;
+	size_t i = 0;
+
+	if (!hdr)
+		return false;
+
+	while (i < hdr->val.l && hdr->val.p[i] == '0')
+		++i;
+	for (; i < hdr->val.l && hdr->val.p[i] >= '0' &&
+		     hdr->val.p[i] <= '9'; i++) {
+		v = v * 10 + (uint64_t)(hdr->val.p[i] - '0');
+		if (v > 0xffffffffULL)
+			return false;
+	}
+
+	return true;
+}
+
+
+/*
+ * The host and port of a sip:/sips: Request-URI end where libre says they
+ * do. libre reads "sip:2001:db8::10" as host "2001" and drops the rest; an
+ * IPv6 reference needs its brackets (RFC 3261 25.1, RFC 5118 4.10).
+ */
+static bool ruri_ok(const struct sip_msg *msg)
+{
+	const struct uri *u = &msg->uri;
+	const char *p, *end = msg->ruri.p + msg->ruri.l;
+	size_t digits = 0;
+
+	if (pl_strcasecmp(&u->scheme, "sip") &&
+	    pl_strcasecmp(&u->scheme, "sips"))
+		return true;
+
+	if (!pl_isset(&u->host) || u->host.p < msg->ruri.p ||
+	    u->host.p + u->host.l > end)
+		return false;
+
+	p = u->host.p + u->host.l;
+	if (u->af == AF_INET6) {
+		if (p >= end || *p != ']')
+			return false;
+		++p;
+	}
+
+	if (p < end && *p == ':') {
+		uint32_t port = 0;
+
+		for (++p; p < end && *p >= '0' && *p <= '9'; p++) {
+			port = port * 10 + (uint32_t)(*p - '0');
+			if (++digits > 5)
+				return false;
+		}
+		if (!digits || port > 65535)
+			return false;
+	}
+
+	return p == end || *p == ';' || *p == '?';
+}
+
+
 /* mandatory headers of RFC 3261 8.1.1; returns a reason, or NULL if ok */
 static const char *msg_invalid(const struct sip_msg *msg)
 {
@@ -270,8 +336,12 @@ static const char *msg_invalid(const struct sip_msg *msg)
 	if (!pl_isset(&msg->cseq.met) ||
 	    !sip_msg_hdr(msg, SIP_HDR_CSEQ))
 		return "Missing or Bad CSeq";
+	if (!cseq_ok(msg))
+		return "Missing or Bad CSeq";
 	if (pl_cmp(&msg->cseq.met, &msg->met))
 		return "CSeq Method Mismatch";
+	if (!ruri_ok(msg))
+		return "Bad Request-URI";
 	if (pl_isset(&msg->maxfwd) && pl_u32(&msg->maxfwd) == 0 &&
 	    msg->maxfwd.p[0] != '0')
 		return "Bad Max-Forwards";
@@ -528,7 +598,9 @@ static int add_transport(lua_State *L, struct lsip_ep *ep, int opt,
 		err = setup_tls(L, ep, opt);
 		if (err)
 			return err;
+		lsip_badstart_capture(true);
 		err = sip_transp_add(ep->sip, tp, &sa, ep->tls);
+		lsip_badstart_capture(false);
 		break;
 
 	case SIP_TRANSP_WS:
@@ -536,7 +608,9 @@ static int add_transport(lua_State *L, struct lsip_ep *ep, int opt,
 		break;
 
 	default:
+		lsip_badstart_capture(true);
 		err = sip_transp_add(ep->sip, tp, &sa);
+		lsip_badstart_capture(false);
 		break;
 	}
 

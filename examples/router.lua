@@ -22,8 +22,10 @@ local gateway = arg[2] or "127.0.0.1:5080"
 local seconds = tonumber(arg[3]) or 60
 local USERS = { alice = "wonderland", bob = "builder" }
 local REALM, PREFIX = "luasip", "0"
--- MD5 only: libre 1.1.0 phones (baresip 1.0) give up on any other algorithm
-local MD5 = { "MD5" }
+-- RFC 8760: SHA-256 preferred, MD5 too. Phones that give up on any
+-- challenge but MD5 (libre 1.1.0: baresip 1.0) are recognised by their
+-- User-Agent and offered MD5 alone (luasip.auth defaults.md5_agents).
+local ALGS = { "SHA-256", "MD5" }
 io.stdout:setvbuf("line")                   -- one line per event, also into a pipe
 
 sip.run(function()
@@ -34,7 +36,7 @@ sip.run(function()
     })
     local registrar = sip.registrar {
         realm = REALM,
-        digest = { algorithms = MD5 },
+        digest = { algorithms = ALGS },
         auth = function(user) return USERS[user] end,     -- nil: unknown user
         on_change = function(aor, bindings)
             local uris = {}
@@ -55,7 +57,7 @@ sip.run(function()
     ep:on("INVITE", function(req)
         local user = req.uri.user or ""
         if user:match("^" .. PREFIX .. "%d+$") then
-            local who = req:require_auth(USERS, { realm = REALM, algorithms = MD5, proxy = true })
+            local who = req:require_auth(USERS, { realm = REALM, algorithms = ALGS, proxy = true })
             if not who then return end      -- 407 sent (or 407 again: wrong password)
             return route(req, "sip:" .. user .. "@" .. gateway, who .. " -> gateway " .. user)
         end

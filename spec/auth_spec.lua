@@ -225,6 +225,46 @@ describe("luasip.auth", function()
             end)
         end)
 
+        it("offers MD5 alone to User-Agents in md5_agents (libre 1.1.0 gives up on the rest)", function()
+            run(function()
+                local b = h.endpoint { user = "bob" }
+                local uri = h.uri(b, "bob")
+                local seen = {}
+                b:on("MESSAGE", function(req)
+                    local opts = { realm = REALM }
+                    if req:header("X-Agents") == "none" then opts.md5_agents = {} end
+                    if req:header("X-Agents") == "sha" then
+                        opts.md5_agents, opts.algorithms = { "^baresip" }, { "SHA-256" }
+                    end
+                    if req:header("X-Agents") == "bad" then
+                        local ok, e = pcall(req.challenge, req, { realm = REALM, md5_agents = { 1 } })
+                        seen.err = e
+                        return req:reply(500)
+                    end
+                    assert(req:challenge(opts))
+                end)
+                local function offered(ua, extra)
+                    local a = h.endpoint { user = "alice", user_agent = ua }
+                    local _, _, code, resp = message(a, uri, nil, { headers = extra })
+                    a:close()
+                    if code ~= 401 then return code end
+                    local algs = {}
+                    for i, v in ipairs(resp:header_all("WWW-Authenticate")) do
+                        algs[i] = sip.auth.parse(v).algorithm
+                    end
+                    return algs
+                end
+                assert.same({ "MD5" }, offered("baresip v1.0.0 (x86_64/linux)"))
+                assert.same({ "SHA-256", "MD5" }, offered("baresip v2.3.0 (x86_64/linux)"))
+                assert.same({ "SHA-256", "MD5" }, offered("luasip-test/1"))
+                assert.same({ "SHA-256", "MD5" }, offered("baresip v1.0.0 (x86_64/linux)", { ["X-Agents"] = "none" }))
+                -- never MD5 where the script did not allow it
+                assert.same({ "SHA-256" }, offered("baresip v1.0.0 (x86_64/linux)", { ["X-Agents"] = "sha" }))
+                assert.equal(500, offered("x", { ["X-Agents"] = "bad" }))
+                assert.matches("bad option 'md5_agents' to 'challenge' %(Lua pattern at %[1%] expected, got number%)", seen.err)
+            end)
+        end)
+
         it("returns nil, '401 Unauthorized', 401 for a wrong password after exactly one retry", function()
             run(function()
                 local a, b, uri = pair()

@@ -3,10 +3,11 @@
 -- and that the endpoint still serves a luasip peer afterwards.
 --
 -- Sockets are non-blocking and polled with luasip.sleep, so the loop runs
--- while the raw client waits. libre's parser silently drops what it cannot
--- parse (start line, version other than SIP/2.0): those cases expect no
--- reply. Requests that parse but lack what RFC 3261 8.1.1 requires get 400
--- with a reason naming the problem, where a response can be routed.
+-- while the raw client waits. A request with a malformed start line gets
+-- 400, one with an unknown SIP version 505 (csrc/badstart.c; libre alone
+-- drops both), a TCP connection is closed after either. Requests that
+-- parse but lack what RFC 3261 8.1.1 requires get 400 with a reason naming
+-- the problem, where a response can be routed.
 local h = require "spec.helper"
 local sip = h.sip
 
@@ -159,6 +160,22 @@ local BAD_REQUESTS = {
     { "a CSeq method mismatch", { CSeq = "1 INVITE" }, "SIP/2.0 400 CSeq Method Mismatch" },
     { "a non-numeric Max-Forwards", { ["Max-Forwards"] = "abc" }, "SIP/2.0 400 Bad Max-Forwards" },
     { "an INVITE without From", { method = "INVITE", From = false }, "SIP/2.0 400 Missing or Bad From" },
+    { "a CSeq number above 2^32-1", { CSeq = "4294967296 OPTIONS" }, "SIP/2.0 400 Missing or Bad CSeq" },
+    { "a 20-digit CSeq number", { CSeq = "36893488147419103232 OPTIONS" }, "SIP/2.0 400 Missing or Bad CSeq" },
+    { "an unbracketed IPv6 Request-URI", { start = "OPTIONS sip:2001:db8::10 SIP/2.0" },
+      "SIP/2.0 400 Bad Request-URI" },
+    { "a Request-URI port that is no number", { start = "OPTIONS sip:bob@127.0.0.1:50x SIP/2.0" },
+      "SIP/2.0 400 Bad Request-URI" },
+}
+
+-- requests libre's parser drops by itself: bad start line or version
+local BAD_START = {
+    { "an unknown SIP version", "OPTIONS sip:bob@127.0.0.1 SIP/3.0", "SIP/2.0 505 Version Not Supported" },
+    { "a start line of one word", "HELLO", "SIP/2.0 400 Bad Request-Line" },
+    { "LWS inside the Request-URI", "OPTIONS sip:bob@127.0.0.1; lr SIP/2.0", "SIP/2.0 400 Bad Request-Line" },
+    { "two SP between elements", "OPTIONS  sip:bob@127.0.0.1 SIP/2.0", "SIP/2.0 400 Bad Request-Line" },
+    { "SP at the end of the start line", "OPTIONS sip:bob@127.0.0.1 SIP/2.0 ", "SIP/2.0 400 Bad Request-Line" },
+    { "a version that is no SIP-Version", "OPTIONS sip:bob@127.0.0.1 HTTP/1.1", "SIP/2.0 400 Bad Request-Line" },
 }
 
 
@@ -203,15 +220,64 @@ describe("malformed input", function()
                 end)
             end)
 
-            it("drops a request with an unparsable start line", function()
+            for _, case in ipairs(BAD_START) do
+                it("answers " .. case[3]:sub(9) .. " to " .. case[1] .. " and goes on serving", function()
+                    if not has_socket then return end
+                    scenario(function(a, b, seen)
+                        local reply, closed
+                        if tp == "udp" then
+                            reply = udp_send(b, req(tp, { start = case[2] }), true)[1]
+                        else
+                            -- the whole answer, then libre closes the stream
+                            reply, closed = tcp_send(b, req(tp, { start = case[2] }), false)
+                            assert.is_true(closed)
+                        end
+                        assert.equal(case[3], status_line(reply))
+                        assert.matches("\r\nVia: SIP/2.0/" .. tp:upper() .. " 127.0.0.1:9;branch=z9hG4bKraw", reply, 1, true)
+                        assert.matches(";received=127.0.0.1", reply, 1, true)
+                        assert.matches("\r\nCSeq: 1 OPTIONS\r\n", reply, 1, true)
+                        assert.matches("\r\nCall-ID: raw", reply, 1, true)
+                        assert.matches("\r\nTo: <sip:bob@127.0.0.1>;tag=", reply, 1, true)
+                        local tail = "\r\nContent-Length: 0\r\n\r\n"
+                        assert.equal(tail, reply:sub(-#tail))
+                        assert.equal(0, seen.OPTIONS)
+                        assert_serves(a, b, tp)
+                        assert.equal(1, seen.OPTIONS)
+                        -- and a raw client gets 200 for a good request
+                        assert.equal("SIP/2.0 200 OK", status_line(send(b, req(tp), true)))
+                    end)
+                end)
+            end
+
+            it("never answers an ACK with a bad version or start line", function()
+                if not has_socket then return end
+                scenario(function(a, b)
+                    local reply = send(b, req(tp, { method = "ACK", start = "ACK sip:bob@127.0.0.1 SIP/3.0" }), false)
+                    assert.is_nil(reply)
+                    reply = send(b, req(tp, { method = "ACK", start = "ACK  sip:bob@127.0.0.1 SIP/2.0" }), false)
+                    assert.is_nil(reply)
+                    assert_serves(a, b, tp)
+                end)
+            end)
+
+            it("drops a bad start line without Via or headers", function()
                 if not has_socket then return end
                 scenario(function(a, b, seen)
-                    local reply = send(b, req(tp, { start = "HELLO" }), false)
+                    local reply = send(b, req(tp, { start = "OPTIONS sip:bob@127.0.0.1 SIP/3.0", Via = false }), false)
                     assert.is_nil(reply)
-                    reply = send(b, req(tp, { start = "OPTIONS sip:bob@127.0.0.1 SIP/3.0" }), false)
+                    reply = send(b, "HELLO\r\n\r\n", false)
                     assert.is_nil(reply)
                     assert.equal(0, seen.OPTIONS)
                     assert_serves(a, b, tp)
+                end)
+            end)
+
+            it("reads a version in lower case (RFC 3261 7.1: case-insensitive)", function()
+                if not has_socket then return end
+                scenario(function(_, b, seen)
+                    local reply = send(b, req(tp, { start = "OPTIONS sip:bob@127.0.0.1 sip/2.0" }), true)
+                    assert.equal("SIP/2.0 200 OK", status_line(reply))
+                    assert.equal(1, seen.OPTIONS)
                 end)
             end)
 
@@ -277,7 +343,103 @@ describe("malformed input", function()
         end)
     end
 
+    describe("over tls", function()
+        local has_ssl, ssl = pcall(require, "ssl")
+        local dir, pem
+
+        setup(function()
+            if not has_ssl then return end
+            dir = os.tmpname()
+            os.remove(dir)
+            assert(os.execute(("mkdir -m 700 %q"):format(dir)))
+            pem = dir .. "/ck.pem"
+            assert(os.execute(("openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 "
+                .. "-days 1 -keyout %q -out %q >/dev/null 2>&1 && cat %q >> %q"):format(
+                dir .. "/k.pem", dir .. "/c.pem", dir .. "/k.pem", pem)))
+            assert(os.execute(("cat %q >> %q"):format(dir .. "/c.pem", pem)))
+        end)
+
+        teardown(function()
+            if dir then os.execute(("rm -rf %q"):format(dir)) end
+        end)
+
+        -- a LuaSec client: handshake, send, read until the peer closes
+        local function tls_send(ep, bytes)
+            local a = addr(ep, "tls")
+            local t = assert(socket.tcp())
+            t:settimeout(1)
+            assert(t:connect(a.host, a.port))
+            t = assert(ssl.wrap(t, { mode = "client", protocol = "any", verify = "none" }))
+            t:settimeout(0)
+            local dl = sip.now() + REPLY_WAIT
+            while true do
+                local ok, err = t:dohandshake()
+                if ok then break end
+                assert(err == "wantread" or err == "wantwrite", err)
+                assert(sip.now() < dl, "TLS handshake timed out")
+                sip.sleep(0.01)
+            end
+            assert(t:send(bytes))
+            local buf, closed = "", false
+            dl = sip.now() + REPLY_WAIT
+            while sip.now() < dl do
+                local d, err, part = t:receive(4096)
+                d = d or part
+                if d and #d > 0 then buf = buf .. d end
+                if err == "closed" then closed = true; break end
+                sip.sleep(0.01)
+            end
+            t:close()
+            return buf, closed
+        end
+
+        it("answers 505 to an unknown version and 400 to a bad start line, then closes", function()
+            if not (has_socket and has_ssl) then
+                pending("needs LuaSec (Debian lua-sec) for a raw TLS client")
+                return
+            end
+            h.run(function()
+                local b = h.endpoint { transports = { "tls" }, user = "bob",
+                                       tls = { cert = pem, key = pem, verify = false } }
+                local seen = 0
+                b:on("OPTIONS", function(r) seen = seen + 1; r:reply(200) end)
+                local reply, closed = tls_send(b, req("tls", { start = "OPTIONS sip:bob@127.0.0.1 SIP/3.0" }))
+                assert.equal("SIP/2.0 505 Version Not Supported", status_line(reply))
+                assert.matches("\r\nVia: SIP/2.0/TLS 127.0.0.1:9;branch=z9hG4bKraw", reply, 1, true)
+                assert.is_true(closed)
+                reply, closed = tls_send(b, req("tls", { start = "HELLO" }))
+                assert.equal("SIP/2.0 400 Bad Request-Line", status_line(reply))
+                assert.is_true(closed)
+                assert.equal(0, seen)
+                sip.sleep(0.05)
+            end, 10)
+        end)
+    end)
+
     describe("over udp", function()
+        it("sends the 505 to the Via's sent-by port when there is no rport (RFC 3261 18.2.2)", function()
+            if not has_socket then return end
+            scenario(function(a, b)
+                local back = assert(socket.udp())
+                assert(back:setsockname("127.0.0.1", 0))
+                back:settimeout(0)
+                local _, port = back:getsockname()
+                local bytes = req("udp", { start = "OPTIONS sip:bob@127.0.0.1 SIP/3.0",
+                    Via = ("SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bKnorport%d"):format(port, os.time()) })
+                local direct = udp_send(b, bytes, false)
+                local got, dl = nil, sip.now() + REPLY_WAIT
+                while not got and sip.now() < dl do
+                    got = back:receive()
+                    if not got then sip.sleep(0.01) end
+                end
+                back:close()
+                assert.same({}, direct)
+                assert.equal("SIP/2.0 505 Version Not Supported", status_line(got))
+                assert.matches(("\r\nVia: SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bKnorport%%d+\r\n"):format(port), got)
+                assert_serves(a, b, "udp")
+            end)
+        end)
+
         it("answers 400 Bad Content-Length when the body is shorter than Content-Length", function()
             if not has_socket then return end
             scenario(function(a, b, seen)
@@ -327,11 +489,11 @@ describe("malformed input", function()
             end)
         end)
 
-        it("closes the connection on an unparsable message; a new connection works", function()
+        it("closes the connection after a 505; a new connection works", function()
             if not has_socket then return end
             scenario(function(_, b, seen)
                 local reply, closed = tcp_send(b, req("tcp", { start = "OPTIONS sip:bob@127.0.0.1 SIP/3.0" }), false)
-                assert.equal("", reply)
+                assert.equal("SIP/2.0 505 Version Not Supported", status_line(reply))
                 assert.is_true(closed)
                 reply = tcp_send(b, req("tcp"), true)
                 assert.equal("SIP/2.0 200 OK", status_line(reply))

@@ -450,6 +450,75 @@ describe("luasip.proxy", function()
             end, 5)
         end)
 
+        describe("credentials and removed headers", function()
+            local OTHER = 'Digest username="alice", realm="downstream.test", nonce="n1", ' ..
+                          'uri="sip:x@127.0.0.1", response="00000000000000000000000000000000"'
+
+            -- a -> p (authenticates realm proxy.test with 407) -> callee;
+            -- returns what the callee received
+            local function through(fwd_opts)
+                local seen = {}
+                run(function()
+                    local a, p, c = setup(1)
+                    p:on("MESSAGE", function(req)
+                        local user = req:require_auth({ alice = "secret" },
+                                                      { realm = "proxy.test", proxy = true })
+                        if not user then return end
+                        seen.consumed = sip.auth.consumed_realms(req)
+                        local ok, err = pcall(req.forward, req, h.uri(c[1], "one"), fwd_opts)
+                        if not ok then seen.error = err; req:reply(500) end
+                    end)
+                    c[1]:on("MESSAGE", function(req)
+                        seen.pa = req:header_all("Proxy-Authorization") or {}
+                        seen.secret = req:header("X-Secret")
+                        seen.body = req.body
+                        req:reply(200)
+                    end)
+                    local resp, err = a:request { method = "MESSAGE", uri = h.uri(p, "x"),
+                        body = "hi", timeout = 5, auth = { user = "alice", password = "secret" },
+                        headers = { ["Proxy-Authorization"] = OTHER, ["X-Secret"] = "s" } }
+                    seen.status = resp and resp.status or err
+                end, 8)
+                return seen
+            end
+
+            it("consumes the Proxy-Authorization of the realm it checked, forwards the others", function()
+                local seen = through(nil)
+                assert.equal(200, seen.status)
+                assert.same({ "proxy.test" }, seen.consumed)
+                assert.same({ OTHER }, seen.pa)
+                assert.equal("s", seen.secret)
+                assert.equal("hi", seen.body)
+            end)
+
+            it("forwards the consumed credentials with keep_credentials = true", function()
+                local seen = through { keep_credentials = true }
+                assert.equal(200, seen.status)
+                assert.equal(2, #seen.pa)
+                local realms = {}
+                for i, v in ipairs(seen.pa) do realms[i] = v:match('realm="([^"]+)"') end
+                table.sort(realms)
+                assert.same({ "downstream.test", "proxy.test" }, realms)
+            end)
+
+            it("leaves out the headers named in remove_headers (any case)", function()
+                local seen = through { remove_headers = { "proxy-authorization", "X-SECRET" } }
+                assert.equal(200, seen.status)
+                assert.same({}, seen.pa)
+                assert.is_nil(seen.secret)
+                assert.equal("hi", seen.body)
+            end)
+
+            it("raises at once for a bad remove_headers, naming it", function()
+                local seen = through { remove_headers = { "Via" } }
+                assert.matches("bad option 'remove_headers' to 'forward' %(a header the proxy may remove at %[1%] expected, got Via%)", seen.error)
+                seen = through { remove_headers = { 42 } }
+                assert.matches("bad option 'remove_headers' to 'forward' %(header name at %[1%] expected, got 42%)", seen.error)
+                seen = through { remove_headers = "X-Secret" }
+                assert.matches("bad option 'remove_headers' to 'forward' %(list of header names expected, got string%)", seen.error)
+            end)
+        end)
+
         it("spirals through itself when the Request-URI changes", function()
             run(function()
                 local a, p, c = setup(1)

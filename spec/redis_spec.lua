@@ -774,6 +774,144 @@ describe("luasip.location_redis", function()
         end)
     end)
 
+    it("applies an update at once, refusing it all when the CSeq is not higher", function()
+        h.run(function()
+            local store = location_redis.new { port = srv.port, prefix = "t5:" }
+            local guard = { call_id = "cid 1=2", cseq = 7 }
+            assert.is_true(store:update(AOR, { { put = binding("sip:a@1", 60) },
+                                              { put = binding("sip:a@2", 60) } }, guard))
+            assert.equal(2, #store:get(AOR))
+            -- the same CSeq again: nothing changes, not even the new binding
+            local ok, why = store:update(AOR, { { put = binding("sip:a@3", 60) },
+                                               { remove = "sip:a@1" } }, guard)
+            assert.is_false(ok)
+            assert.equal("out-of-order", why)
+            assert.equal(2, #store:get(AOR))
+            ok, why = store:update(AOR, { { remove_all = true } }, { call_id = "cid 1=2", cseq = 6 })
+            assert.is_false(ok)
+            -- another Call-ID, or a higher CSeq, goes through
+            assert.is_true(store:update(AOR, { { put = binding("sip:a@3", 60, { call_id = "other" }) } },
+                                        { call_id = "other", cseq = 1 }))
+            assert.is_true(store:update(AOR, { { remove = "sip:a@1" } }, { call_id = "cid 1=2", cseq = 8 }))
+            local keys = {}
+            for _, b in ipairs(store:get(AOR)) do keys[#keys + 1] = b.key end
+            table.sort(keys)
+            assert.same({ "sip:a@2", "sip:a@3" }, keys)
+            assert.is_true(store:update(AOR, { { remove_all = true } }, { call_id = "cid 1=2", cseq = 9 }))
+            assert.same({}, store:get(AOR))
+            assert.has_error(function() store:update(AOR, { { put = { key = 1 } } }) end,
+                "bad argument #2 to 'update' (binding with a key and expires expected at [1].put)")
+            assert.has_error(function() store:update(AOR, { {} }) end,
+                "bad argument #2 to 'update' (put, remove or remove_all expected at [1])")
+            store:close()
+        end)
+    end)
+
+    -- two registrars with their own connections and locks stand for two
+    -- processes; a store that sleeps before each write makes their
+    -- REGISTERs interleave between step 7 (read, check) and step 8 (write)
+    local function slow_store(store, delay)
+        return setmetatable({
+            put = function(_, ...) sip.sleep(delay); return store:put(...) end,
+            update = store.update and function(_, ...) sip.sleep(delay); return store:update(...) end,
+        }, { __index = function(_, k)
+            local f = store[k]
+            if type(f) == "function" then return function(_, ...) return f(store, ...) end end
+            return f
+        end })
+    end
+
+    local function registrars(prefix, delays)
+        local out = {}
+        for i, delay in ipairs(delays) do
+            local ep = h.endpoint { user = "registrar" }
+            local store = location_redis.new { port = srv.port, prefix = prefix }
+            local reg = sip.registrar { open = true, store = slow_store(store, delay) }
+            reg:attach(ep)
+            out[i] = { reg = reg, uri = ep:uri():gsub("registrar@", ""), store = store, ep = ep }
+        end
+        return out
+    end
+
+    it("loses no binding when two registrars update one AOR at the same time", function()
+        h.run(function()
+            local rs = registrars("t6:", { 0.05, 0.05 })
+            local c = h.endpoint { user = "alice" }
+            local N, done, statuses = 10, 0, {}
+            for i = 1, N do
+                for j = 1, 2 do
+                    sip.spawn(function()
+                        local resp, err, code = c:request { method = "REGISTER", uri = rs[j].uri,
+                            to = AOR, from = AOR,
+                            headers = { Contact = ("<sip:alice@127.0.0.%d:%d>"):format(j, 5000 + i),
+                                        Expires = "300" }, timeout = 5 }
+                        statuses[#statuses + 1] = resp and resp.status or code or err
+                        done = done + 1
+                    end)
+                end
+            end
+            local dl = sip.now() + 8
+            while done < 2 * N and sip.now() < dl do sip.sleep(0.02) end
+            assert.equal(2 * N, done)
+            for _, st in ipairs(statuses) do assert.equal(200, st) end
+            local l = rs[1].reg:lookup(AOR)
+            assert.equal(2 * N, #l)
+            assert.same(l, rs[2].reg:lookup(AOR))
+            rs[1].store:remove_all(AOR)
+            for _, r in ipairs(rs) do r.reg:close(); r.store:close() end
+        end, 12)
+    end)
+
+    it("never lets an older REGISTER overwrite a newer one from another registrar", function()
+        h.run(function()
+            local rs = registrars("t7:", { 0.3, 0 })
+            -- a raw UDP REGISTER: one UA (Call-ID), a chosen CSeq
+            local function register(j, cseq, expires, out)
+                sip.spawn(function()
+                    local a = rs[j].ep:addresses()[1]
+                    local u = assert(socket.udp())
+                    assert(u:setpeername(a.host, a.port))
+                    u:settimeout(0)
+                    local _, lport = u:getsockname()
+                    assert(u:send(table.concat({
+                        ("REGISTER sip:%s:%d SIP/2.0"):format(a.host, a.port),
+                        ("Via: SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bKrr%d;rport"):format(lport, cseq),
+                        "Max-Forwards: 70",
+                        ("From: <%s>;tag=rr%d"):format(AOR, cseq),
+                        ("To: <%s>"):format(AOR),
+                        "Call-ID: same-ua@x",
+                        ("CSeq: %d REGISTER"):format(cseq),
+                        "Contact: <sip:alice@127.0.0.1:7000>",
+                        "Expires: " .. expires,
+                        "Content-Length: 0", "", "" }, "\r\n")))
+                    local dl = sip.now() + 4
+                    while sip.now() < dl and not out[cseq] do
+                        local d = u:receive()
+                        local code = d and tonumber(d:match("^SIP/2%.0 (%d+)"))
+                        if code and code >= 200 then out[cseq] = code else sip.sleep(0.01) end
+                    end
+                    u:close()
+                end)
+            end
+            local out = {}
+            -- CSeq 1 reaches registrar 1 first and reads an empty AOR;
+            -- CSeq 2 reaches registrar 2 while 1 waits to write
+            register(1, 1, 100, out)
+            sip.sleep(0.1)
+            register(2, 2, 200, out)
+            local dl = sip.now() + 5
+            while not (out[1] and out[2]) and sip.now() < dl do sip.sleep(0.02) end
+            assert.equal(200, out[2])
+            assert.equal(500, out[1])          -- refused where the write happens
+            local l = rs[1].reg:lookup(AOR)
+            assert.equal(1, #l)
+            assert.equal(2, l[1].cseq)
+            assert.is_true(l[1].expires > 150)
+            rs[1].store:remove_all(AOR)
+            for _, r in ipairs(rs) do r.reg:close(); r.store:close() end
+        end, 10)
+    end)
+
     it("shares bindings between registrars with their own connections", function()
         h.run(function()
             local function registrar()

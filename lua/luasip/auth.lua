@@ -17,7 +17,7 @@
 
 local core = require "luasip.core"
 
-local type, error, tostring, ipairs = type, error, tostring, ipairs
+local type, error, tostring, ipairs, pairs = type, error, tostring, ipairs, pairs
 local floor = math.floor
 local spack, sunpack = string.pack, string.unpack
 local hash, hmac, b64, unb64 = core.digest_hash, core.hmac_sha256,
@@ -30,11 +30,18 @@ local _M = { _VERSION = core._VERSION }
 --- Defaults: `nonce_ttl` (seconds a nonce is valid), `algorithms` (offered
 -- by `challenge`, in this order; `authenticate` accepts every supported
 -- one unless told otherwise), `max_nonces` (nonce counts remembered per
--- generation).
+-- generation), `md5_agents` (Lua patterns for User-Agent values of
+-- clients that fail on any challenge but MD5; they are offered MD5 alone
+-- when MD5 is among the algorithms). libre up to 1.1.0 (baresip 1.0.0,
+-- checked) resets its state, then reads every WWW-/Proxy-Authenticate of
+-- the response and gives up (ENOSYS) at the first whose algorithm is not
+-- MD5, wherever it stands; no order or form of an RFC 8760 multi-algorithm
+-- challenge gets through (src/sip/auth.c, auth_handler).
 _M.defaults = {
     nonce_ttl = 300,
     algorithms = { "SHA-256", "MD5" },
     max_nonces = 10000,
+    md5_agents = { "^baresip v1%." },
 }
 
 local ALGS = { ["MD5"] = "MD5", ["SHA-256"] = "SHA-256", ["SHA-512-256"] = "SHA-512-256" }
@@ -42,6 +49,9 @@ local ALL_ALGS = { "SHA-512-256", "SHA-256", "MD5" }
 local HA1_FIELD = { ["MD5"] = "ha1", ["SHA-256"] = "ha1_sha256", ["SHA-512-256"] = "ha1_sha512_256" }
 
 local SECRET = random(32)
+
+-- request -> { realm = true, ... } whose Proxy-Authorization it consumed
+local consumed = setmetatable({}, { __mode = "k" })
 local T_LEN, R_LEN, MAC_LEN = 8, 12, 32
 
 
@@ -135,9 +145,28 @@ local function nc_accept(nonce, nc)
 end
 
 
--- status, reason, headers of a challenge
-local function build_challenge(fname, opts)
+-- the client of obj (request or call) copes with MD5 challenges only
+local function md5_agent(fname, obj, opts)
+    local pats = opts.md5_agents
+    if pats == nil then pats = _M.defaults.md5_agents end
+    if type(pats) ~= "table" then badopt(fname, "md5_agents", "list of Lua patterns", type(pats), 5) end
+    if #pats == 0 or not obj then return false end
+    local ua = obj:header("User-Agent")
+    if not ua then return false end
+    for i, p in ipairs(pats) do
+        if type(p) ~= "string" then
+            badopt(fname, "md5_agents", ("Lua pattern at [%d]"):format(i), type(p), 5)
+        end
+        if ua:find(p) then return true end
+    end
+    return false
+end
+
+
+-- status, reason, headers of a challenge to obj (nil: no request known)
+local function build_challenge(fname, opts, obj)
     local realm, proxy, secret, algs = check_opts(fname, opts, true)
+    if #algs > 1 and algs.MD5 and md5_agent(fname, obj, opts) then algs = { "MD5" } end
     local ttl = opts.nonce_ttl or _M.defaults.nonce_ttl
     if type(ttl) ~= "number" or ttl ~= ttl or ttl < 0 then
         badopt(fname, "nonce_ttl", "non-negative number", ttl, 4)
@@ -236,6 +265,11 @@ local function verify(obj, lookup, opts, fname)
     -- right password, old nonce: the client may retry at once (stale=true)
     if state == "stale" then return nil, "stale" end
     if ncv and not nc_accept(nonce, ncv) then return nil, "replay" end
+    if proxy then
+        local set = consumed[obj] or {}
+        set[realm] = true
+        consumed[obj] = set
+    end
     return user
 end
 
@@ -245,6 +279,21 @@ local function incoming_call(call, fname)
     if dir and dir ~= "incoming" then
         error(("call:%s: only for incoming calls"):format(fname), 3)
     end
+end
+
+
+--- Realms whose Proxy-Authorization this request passed
+-- (`authenticate`/`require_auth` with `proxy = true`); `req:forward`
+-- leaves those credentials out (RFC 3261 22.3).
+-- @param req an incoming request
+-- @treturn table|nil list of realms, nil when none
+function _M.consumed_realms(req)
+    local set = consumed[req]
+    if not set then return nil end
+    local list = {}
+    for realm in pairs(set) do list[#list + 1] = realm end
+    table.sort(list)
+    return list
 end
 
 
@@ -294,7 +343,7 @@ local CALL = core.methods("luasip.call")
 --   several instances; default: random per process)
 -- @return true, or nil, message, code
 function REQ.challenge(req, opts)
-    local status, reason, headers = build_challenge("challenge", opts)
+    local status, reason, headers = build_challenge("challenge", opts, req)
     return req:reply(status, reason, headers)
 end
 
@@ -328,7 +377,7 @@ function REQ.require_auth(req, lookup, opts)
     local user, why = verify(req, lookup, opts, "require_auth")
     if user then return user end
     local status, reason, headers = build_challenge("require_auth", setmetatable(
-        { stale = why == "stale" }, { __index = opts }))
+        { stale = why == "stale" }, { __index = opts }), req)
     req:reply(status, reason, headers)
     return nil, why
 end
@@ -341,7 +390,7 @@ end
 -- @return true, or nil, message, code
 function CALL.challenge(call, opts)
     incoming_call(call, "challenge")
-    local status, reason, headers = build_challenge("challenge", opts)
+    local status, reason, headers = build_challenge("challenge", opts, call)
     return call:reject(status, reason, headers)
 end
 
@@ -366,7 +415,7 @@ function CALL.require_auth(call, lookup, opts)
     local user, why = verify(call, lookup, opts, "require_auth")
     if user then return user end
     local status, reason, headers = build_challenge("require_auth", setmetatable(
-        { stale = why == "stale" }, { __index = opts }))
+        { stale = why == "stale" }, { __index = opts }), call)
     call:reject(status, reason, headers)
     return nil, why
 end

@@ -6,7 +6,11 @@
 --
 -- Several registrar and proxy processes behind one address see the same
 -- bindings. It implements the store interface of `luasip.location`
--- (get, put, remove, remove_all, expire; close, flush). Each AOR is one
+-- (get, put, remove, remove_all, expire; close, flush), and `update`,
+-- which the registrar uses when a store has it: all changes of one
+-- REGISTER, with its CSeq check (RFC 3261 10.3 steps 7 and 8), in one
+-- server-side script, so registrars in several processes never interleave
+-- between check and commit nor see half a REGISTER. Each AOR is one
 -- Redis hash, `<prefix><aor>`, with one field per binding (the binding's
 -- `key`); the value starts with the binding's absolute `expires` and
 -- holds the other fields percent-escaped. A put runs one Lua script on
@@ -55,6 +59,55 @@ if latest > now then
   redis.call('PEXPIRE', key, math.floor((latest - now) * 1000) + tonumber(ARGV[4]))
 end
 return 1
+]]
+
+
+-- KEYS[1] hash; ARGV: now, grace (ms), call_id token ("call_id=<esc>" or
+-- ""), cseq, then triples kind ("p" put, "r" remove, "a" remove all),
+-- field, value. Refuses everything ("out-of-order") when a live binding
+-- it would touch has this Call-ID and a CSeq not lower; else applies all.
+local UPDATE_SCRIPT = [[
+local key, now, cid, cseq = KEYS[1], tonumber(ARGV[1]), ARGV[3], tonumber(ARGV[4])
+local function stale(v)
+  local e = tonumber(string.match(v, '^(%S+)'))
+  if cid == '' or not e or e <= now then return false end
+  if not string.find(' ' .. v .. ' ', ' ' .. cid .. ' ', 1, true) then return false end
+  local c = tonumber(string.match(v, ' cseq=(%S+)'))
+  return c ~= nil and cseq <= c
+end
+for i = 5, #ARGV, 3 do
+  if ARGV[i] == 'a' then
+    for _, v in ipairs(redis.call('HVALS', key)) do
+      if stale(v) then return 'out-of-order' end
+    end
+  else
+    local v = redis.call('HGET', key, ARGV[i + 1])
+    if v and stale(v) then return 'out-of-order' end
+  end
+end
+for i = 5, #ARGV, 3 do
+  if ARGV[i] == 'a' then
+    redis.call('DEL', key)
+  elseif ARGV[i] == 'r' then
+    redis.call('HDEL', key, ARGV[i + 1])
+  else
+    redis.call('HSET', key, ARGV[i + 1], ARGV[i + 2])
+  end
+end
+local all = redis.call('HGETALL', key)
+local latest = 0
+for i = 1, #all, 2 do
+  local e = tonumber(string.match(all[i + 1], '^(%S+)'))
+  if not e or e <= now then
+    redis.call('HDEL', key, all[i])
+  elseif e > latest then
+    latest = e
+  end
+end
+if latest > now then
+  redis.call('PEXPIRE', key, math.floor((latest - now) * 1000) + tonumber(ARGV[2]))
+end
+return 'OK'
 ]]
 
 
@@ -107,26 +160,35 @@ function _M.new(opts)
         user = opts.user, timeout = opts.timeout,
     })
     if not ok then error(tostring(r):gsub("^luasip%.redis", "luasip.location_redis"), 2) end
-    return setmetatable({ redis = r, prefix = prefix }, S)
+    return setmetatable({ redis = r, prefix = prefix, sha = {} }, S)
 end
 
 
--- the put script, by SHA once loaded (reloaded after a SCRIPT FLUSH or a
--- restart of the server)
-local function put_script(self, key, field, value, now)
+-- run a script by SHA once loaded (reloaded after a SCRIPT FLUSH or a
+-- restart of the server); name: "put" or "update"
+local SCRIPTS = { put = PUT_SCRIPT, update = UPDATE_SCRIPT }
+
+local function run_script(self, name, key, ...)
+    local shas = self.sha
     for _ = 1, 2 do
-        if not self.sha then
-            local sha, err, code = self.redis:call("SCRIPT", "LOAD", PUT_SCRIPT)
+        if not shas[name] then
+            local sha, err, code = self.redis:call("SCRIPT", "LOAD", SCRIPTS[name])
             if not sha then return nil, err, code end
-            self.sha = sha
+            shas[name] = sha
         end
-        local v, err, code = self.redis:call("EVALSHA", self.sha, 1, key, field, value,
-                                             num(now), tostring(GRACE_MS))
-        if v ~= nil then return true end
+        local v, err, code = self.redis:call("EVALSHA", shas[name], 1, key, ...)
+        if v ~= nil then return v end
         if not (code == redis.EREPLY and err:match("^NOSCRIPT")) then return nil, err, code end
-        self.sha = nil
+        shas[name] = nil
     end
     return nil, "NOSCRIPT after SCRIPT LOAD", redis.EREPLY
+end
+
+
+local function put_script(self, key, field, value, now)
+    local v, err, code = run_script(self, "put", key, field, value, num(now), tostring(GRACE_MS))
+    if v == nil then return nil, err, code end
+    return true
 end
 
 
@@ -151,6 +213,59 @@ function S:put(aor, binding)
     end
     local now = location.now()
     return put_script(self, self.prefix .. aor, binding.key, encode(binding), now)
+end
+
+
+local function check_binding(b, where)
+    if type(b) ~= "table" or type(b.key) ~= "string" or type(b.expires) ~= "number" then
+        error(("bad argument #2 to 'update' (binding with a key and expires expected at %s)"):format(where), 3)
+    end
+end
+
+
+--- Apply several changes to aor at once, atomically across processes.
+-- Nothing is applied when a live binding that a change touches (every
+-- binding for `remove_all`) has `guard.call_id` and a CSeq not lower than
+-- `guard.cseq` (RFC 3261 10.3 step 7, checked again where the write
+-- happens).
+-- @tparam string aor
+-- @tparam table ops list of `{ put = binding }`, `{ remove = key }`,
+--   `{ remove_all = true }`, applied in order
+-- @tparam[opt] table guard `{ call_id =, cseq = }`
+-- @return true; false, "out-of-order" when the guard refused; or nil,
+--   message, code when Redis fails
+function S:update(aor, ops, guard)
+    if type(ops) ~= "table" then
+        error(("bad argument #2 to 'update' (list of changes expected, got %s)"):format(type(ops)), 2)
+    end
+    if guard ~= nil and (type(guard) ~= "table" or type(guard.call_id) ~= "string"
+            or math.type(guard.cseq) ~= "integer") then
+        error("bad argument #3 to 'update' ({ call_id = string, cseq = integer } expected)", 2)
+    end
+    local args = { num(location.now()), tostring(GRACE_MS),
+                   guard and location._encode_fields({}, { call_id = guard.call_id })[1] or "",
+                   guard and tostring(guard.cseq) or "0" }
+    for i, op in ipairs(ops) do
+        local n = #args
+        if op.put ~= nil then
+            check_binding(op.put, ("[%d].put"):format(i))
+            args[n + 1], args[n + 2], args[n + 3] = "p", op.put.key, encode(op.put)
+        elseif op.remove ~= nil then
+            if type(op.remove) ~= "string" then
+                error(("bad argument #2 to 'update' (key expected at [%d].remove, got %s)"):format(
+                    i, type(op.remove)), 2)
+            end
+            args[n + 1], args[n + 2], args[n + 3] = "r", op.remove, ""
+        elseif op.remove_all then
+            args[n + 1], args[n + 2], args[n + 3] = "a", "", ""
+        else
+            error(("bad argument #2 to 'update' (put, remove or remove_all expected at [%d])"):format(i), 2)
+        end
+    end
+    local v, err, code = run_script(self, "update", self.prefix .. aor, table.unpack(args))
+    if v == nil then return nil, err, code end
+    if v == "out-of-order" then return false, v end
+    return true
 end
 
 

@@ -8,6 +8,7 @@
 
 local core = require "luasip.core"
 local sched = require "luasip.sched"
+local auth = require "luasip.auth"
 
 local type, tostring, error, ipairs, pairs = type, tostring, error, ipairs, pairs
 local wait = sched.wait
@@ -15,6 +16,13 @@ local wait = sched.wait
 local _M = { _VERSION = core._VERSION }
 
 local DEFAULTS = { timeout = 32 }
+
+-- headers forward() needs (long and compact names): never removed
+local KEEP = {}
+for _, n in ipairs { "via", "v", "from", "f", "to", "t", "call-id", "i", "cseq",
+                     "max-forwards", "route", "content-length", "l" } do
+    KEEP[n] = true
+end
 local ECANCELED = core.ECANCELED
 
 -- req -> response context whose failure was not sent upstream yet
@@ -64,10 +72,18 @@ end
 -- (`req:reply`), or send it (`req:relay_response(resp)`, or simply
 -- return: the request's finalizer sends it).
 -- @tparam string|table targets a SIP URI or a list (strings or {uri=})
+-- Proxy-Authorization credentials for a realm the script checked with
+-- `req:authenticate{ proxy = true }` (or `require_auth`) are consumed:
+-- left out of the forwarded request (RFC 3261 22.3); those for other
+-- realms go on.
 -- @tparam[opt] table opts `record_route` (bool), `parallel` (bool: fork
 --   to all at once; default serial, in order), `timeout` (seconds per
 --   branch, default 32; for INVITE restarted by each provisional, like
---   Timer C), `headers` (added), `route` (next hop URI, pushed as Route)
+--   Timer C), `headers` (added), `route` (next hop URI, pushed as Route),
+--   `remove_headers` (list of header names left out, e.g.
+--   `{ "Proxy-Authorization" }`; not Via, From, To, Call-ID, CSeq,
+--   Max-Forwards, Route or Content-Length), `keep_credentials` (true:
+--   forward the consumed Proxy-Authorization too)
 -- @return response (`status`, `reason`, `headers`, `:header()`,
 --   `contacts`, `sent` = true once it went upstream, `cancelled`), or
 --   nil, message, code (483/482 already answered; "cancelled" when the
@@ -80,7 +96,7 @@ function _M.forward(req, targets, opts)
     if type(timeout) ~= "number" or timeout ~= timeout or timeout <= 0 then
         opterror("forward", "timeout", "positive number", tostring(timeout))
     end
-    for _, k in ipairs { "record_route", "parallel" } do
+    for _, k in ipairs { "record_route", "parallel", "keep_credentials" } do
         local v = opts[k]
         if v ~= nil and type(v) ~= "boolean" then opterror("forward", k, "boolean", type(v)) end
     end
@@ -90,14 +106,27 @@ function _M.forward(req, targets, opts)
     if opts.headers ~= nil and type(opts.headers) ~= "table" then
         opterror("forward", "headers", "table", type(opts.headers))
     end
+    local remove = opts.remove_headers
+    if remove ~= nil then
+        if type(remove) ~= "table" then opterror("forward", "remove_headers", "list of header names", type(remove)) end
+        for i, name in ipairs(remove) do
+            if type(name) ~= "string" or not name:match("^[%w%-%.!%%%*_%+`'~]+$") then
+                opterror("forward", "remove_headers", ("header name at [%d]"):format(i), tostring(name))
+            end
+            if KEEP[name:lower()] then
+                opterror("forward", "remove_headers", ("a header the proxy may remove at [%d]"):format(i), name)
+            end
+        end
+    end
     if not sched.current() then
         error("luasip.forward: must be called from a task (use luasip.spawn)", 2)
     end
     if req.cancelled then return nil, "cancelled", ECANCELED end
 
+    local realms = not opts.keep_credentials and auth.consumed_realms(req) or nil
     pending[req] = nil
     local fwd, err, code = core.proxy_forward(req, list, opts.record_route,
-        opts.parallel, timeout, opts.headers, opts.route)
+        opts.parallel, timeout, opts.headers, opts.route, remove, realms)
     if not fwd then return nil, err, code end
     while not fwd.done do
         local ev, e2, e3 = wait(fwd, nil, "luasip.forward")

@@ -571,7 +571,12 @@ function R:_update(req, aor, star, ncontacts, wanted, hexp, call_id, cseq)
                     error({ 500, "Server Internal Error", "out-of-order REGISTER (CSeq not higher)" })
                 end
             end
-            if #current > 0 then st(self, "remove_all", aor) end
+            if self.store.update then              -- atomic with its check
+                if not st(self, "update", aor, { { remove_all = true } },
+                          { call_id = call_id, cseq = cseq }) then
+                    error({ 500, "Server Internal Error", "out-of-order REGISTER (CSeq not higher)" })
+                end
+            elseif #current > 0 then st(self, "remove_all", aor) end
             return true
         end
 
@@ -620,7 +625,20 @@ function R:_update(req, aor, star, ncontacts, wanted, hexp, call_id, cseq)
             end
         end
 
-        -- step 8: commit all or nothing
+        -- step 8: commit all or nothing; a store with update() checks step
+        -- 7 again and commits in one step (registrars in other processes)
+        if self.store.update then
+            local changes = {}
+            for _, op in ipairs(ops) do
+                if op.put then changes[#changes + 1] = { put = op.put }
+                elseif op.remove then changes[#changes + 1] = { remove = op.remove } end
+            end
+            if #changes > 0 and not st(self, "update", aor, changes,
+                                       { call_id = call_id, cseq = cseq }) then
+                error({ 500, "Server Internal Error", "out-of-order REGISTER (CSeq not higher)" })
+            end
+            return true
+        end
         local done = {}
         local cok, cerr = pcall(function()
             for _, op in ipairs(ops) do

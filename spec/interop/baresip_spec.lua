@@ -1,6 +1,7 @@
 -- Interop with baresip (Debian's baresip-core 1.0.0, itself on libre
 -- 1.1.0) through examples/router.lua: baresip registers as alice with
--- digest auth, a luasip caller calls her through the router and baresip
+-- digest auth (the router offers SHA-256 and MD5, MD5 alone to baresip
+-- 1.0: its libre gives up on any other algorithm), a luasip caller calls her through the router and baresip
 -- answers by itself (answermode=auto); driven over its ctrl_tcp socket,
 -- baresip calls a luasip phone registered as bob and a number the router
 -- sends to a luasip gateway after a 407 challenge. Signalling is what is
@@ -77,6 +78,19 @@ describe("interop with baresip through examples/router.lua", function()
             assert.matches("@127.0.0.1:" .. w.bport, seen, 1, true)
 
             local caller = h.endpoint { user = "carol" }
+            -- the router offers SHA-256 and MD5 (RFC 8760 order) to others;
+            -- baresip 1.0 (libre 1.1.0), which gives up on any algorithm
+            -- but MD5, got MD5 alone and registered
+            local _, _, rcode, rresp = caller:request { method = "REGISTER",
+                uri = "sip:127.0.0.1:" .. w.rport, to = "sip:alice@127.0.0.1",
+                from = "sip:alice@127.0.0.1", headers = { Contact = "<sip:carol@127.0.0.1:9>" },
+                timeout = 5 }
+            assert.equal(401, rcode)
+            local algs = {}
+            for i, v in ipairs(rresp:header_all("WWW-Authenticate")) do
+                algs[i] = sip.auth.parse(v).algorithm
+            end
+            assert.same({ "SHA-256", "MD5" }, algs)
             local call, cerr, code = caller:call("sip:alice@127.0.0.1:" .. w.rport,
                                                  { timeout = 10, body = sdp(h.free_port()) })
             assert.truthy(call, ("call failed: %s %s"):format(cerr, code))
