@@ -83,7 +83,7 @@ STATIC_LIBS	= $(LIBREM_LIBDIR)/librem.a $(LIBRE_LIBDIR)/libre.a
 LUA_FILES	= $(shell find lua/luasip -name '*.lua' 2>/dev/null)
 ASAN_FLAGS	= -fsanitize=address -fno-omit-frame-pointer
 LIBASAN		= $(shell $(CC) -print-file-name=libasan.so)
-ASAN_OPTIONS	?= detect_leaks=0
+ASAN_OPTIONS	?= detect_leaks=1
 
 .PHONY: all test test-asan check demo install clean bench deps prompts
 
