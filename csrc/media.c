@@ -720,14 +720,15 @@ static int negotiate(struct lsip_media *m)
 	lst = sdp_media_format_lst(m->sm, false);
 	for (le = list_head(lst); le; le = le->next) {
 		fmt = le->data;
-		if (!fmt->sup || fmt->srate != SRATE)
+		if (!fmt->sup)
 			continue;
-		if (!str_casecmp(fmt->name, "PCMU") && fmt->pt == 0) {
-			m->tx_pt = 0;
-			break;
-		}
-		if (!str_casecmp(fmt->name, "PCMA") && fmt->pt == 8) {
-			m->tx_pt = 8;
+		/* static types may come without a=rtpmap (RFC 4566 6):
+		 * then they have no name and no rate */
+		if (fmt->name && (str_casecmp(fmt->name, fmt->pt ? "PCMA" :
+					      "PCMU") || fmt->srate != SRATE))
+			continue;
+		if (fmt->pt == 0 || fmt->pt == 8) {
+			m->tx_pt = fmt->pt;
 			break;
 		}
 	}
@@ -742,12 +743,44 @@ static int negotiate(struct lsip_media *m)
 }
 
 
+/*
+ * libre ignores a c= address it cannot read and keeps the previous one
+ * (or 0.0.0.0, which would read as hold): refuse such SDP instead. A
+ * host name is refused too; we do not resolve media addresses.
+ */
+static bool conn_lines_ok(const char *s, size_t len)
+{
+	const char *end = s + len, *eol;
+	struct pl line, addr;
+	struct sa sa;
+
+	for (; s < end; s = eol + 1) {
+		eol = memchr(s, '\n', (size_t)(end - s));
+		if (!eol)
+			eol = end;
+		if (eol - s < 2 || s[0] != 'c' || s[1] != '=')
+			continue;
+		line.p = s + 2;
+		line.l = (size_t)(eol - s - 2);
+		if (re_regex(line.p, line.l, "IN IP[46]1 [^ /\r]+", NULL,
+			     &addr) || sa_set(&sa, &addr, 0))
+			return false;
+	}
+
+	return true;
+}
+
+
 static int decode(struct lsip_media *m, const char *s, size_t len,
 		  bool offer)
 {
-	struct mbuf *mb = mbuf_alloc(len + 1);
+	struct mbuf *mb;
 	int err;
 
+	if (!conn_lines_ok(s, len))
+		return EBADMSG;
+
+	mb = mbuf_alloc(len + 1);
 	if (!mb)
 		return ENOMEM;
 
@@ -1325,6 +1358,10 @@ int lsip_media_probe(struct lsip_media *m, struct mbuf *offer)
 	if (!m || !offer)
 		return EINVAL;
 
+	if (!conn_lines_ok((const char *)mbuf_buf(offer),
+			   mbuf_get_left(offer)))
+		return EBADMSG;
+
 	return probe_offer(m, offer);
 }
 
@@ -1387,6 +1424,10 @@ int lsip_media_update(struct lsip_media *m, struct mbuf *offer,
 	err = probe_offer(m, offer);
 	if (err)
 		return err;
+
+	if (!conn_lines_ok((const char *)mbuf_buf(offer),
+			   mbuf_get_left(offer)))
+		return EBADMSG;
 
 	sa_cpy(&prev, sdp_media_raddr(m->sm));
 	pos = offer->pos;

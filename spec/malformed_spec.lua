@@ -544,3 +544,90 @@ describe("malformed input", function()
         end)
     end)
 end)
+
+
+-- the final responses (status >= 200) the endpoint sends to bytes over tp,
+-- within REPLY_WAIT; provisional ones are skipped
+local function final_replies(ep, tp, bytes)
+    local a = addr(ep, tp)
+    local s = assert(tp == "udp" and socket.udp() or socket.tcp())
+    if tp == "udp" then
+        assert(s:setpeername(a.host, a.port))
+    else
+        s:settimeout(1)
+        assert(s:connect(a.host, a.port))
+    end
+    s:settimeout(0)
+    assert(s:send(bytes))
+    local buf, finals, dl = "", {}, sip.now() + REPLY_WAIT
+    while sip.now() < dl and #finals == 0 do
+        local d, err, part = s:receive(tp == "udp" and nil or 65536)
+        d = d or part
+        if d and #d > 0 then buf = buf .. d end
+        for code in buf:gmatch("SIP/2%.0 (%d%d%d) ") do
+            if tonumber(code) >= 200 then finals[#finals + 1] = tonumber(code) end
+        end
+        if err == "closed" then break end
+        sip.sleep(0.01)
+    end
+    s:close()
+    return finals, buf
+end
+
+
+describe("bad SDP in an INVITE", function()
+    local function sdp_invite(tp, body)
+        local r = req(tp, { method = "INVITE", CSeq = "1 INVITE", body = body })
+        return (r:gsub("\r\nContent%-Length:", "\r\nContact: <sip:raw@127.0.0.1:9>\r\n" ..
+            "Content-Type: application/sdp\r\nContent-Length:", 1))
+    end
+
+    local function media_scenario(fn)
+        h.run(function()
+            local b = h.endpoint { transports = { "udp", "tcp" }, user = "bob" }
+            local a = h.endpoint { transports = { "udp", "tcp" }, user = "alice" }
+            local results = {}
+            b:on("OPTIONS", function(r) r:reply(200) end)
+            b:on("INVITE", function(call)
+                results[#results + 1] = { call:answer { media = true, timeout = 2 } }
+            end)
+            fn(a, b, results)
+            sip.sleep(0.05)
+            collectgarbage()
+            collectgarbage()
+        end, 15)
+    end
+
+    local GOOD = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    local CASES = {
+        { "garbage lines", "v=0\r\nthis is not SDP\r\n\r\n%%%\r\n" },
+        { "no m= line", GOOD },
+        { "an m= line without a port", GOOD .. "m=audio RTP/AVP 0\r\n" },
+        { "only a video stream", GOOD .. "m=video 5000 RTP/AVP 31\r\n" },
+        { "a bad c= address", "v=0\r\no=- 1 1 IN IP4 x\r\ns=-\r\nc=IN IP4 999.1.1.1\r\nt=0 0\r\n" ..
+          "m=audio 5000 RTP/AVP 0\r\n" },
+        { "binary bytes", "v=0\r\n" .. ("\0\1\2\255\254"):rep(40) .. "\r\n" },
+        -- ~20 KB: 700 formats and as many attributes (TCP only: UDP
+        -- datagrams this big exceed libre's receive buffer)
+        { "an oversized offer", GOOD .. "m=audio 5000 RTP/AVP " ..
+          (function() local t = {} for i = 1, 700 do t[i] = tostring(96 + i % 30) end return table.concat(t, " ") end)()
+          .. "\r\n" .. ("a=fmtp:96 x=" .. ("y"):rep(20) .. "\r\n"):rep(700), "tcp" },
+    }
+
+    for _, tp in ipairs { "udp", "tcp" } do
+        for _, case in ipairs(CASES) do
+            if not case[3] or case[3] == tp then
+                it(("answers 488 to %s over %s and goes on serving"):format(case[1], tp), function()
+                    if not has_socket then pending("needs LuaSocket"); return end
+                    media_scenario(function(a, b, results)
+                        local finals, buf = final_replies(b, tp, sdp_invite(tp, case[2]))
+                        assert.same({ 488 }, finals, buf:sub(1, 300))
+                        assert.equal(1, #results)
+                        assert.same({ nil, "488 Not Acceptable Here", 488 }, results[1])
+                        assert_serves(a, b, tp)
+                    end)
+                end)
+            end
+        end
+    end
+end)

@@ -431,6 +431,39 @@ describe("luasip.media", function()
         assert.is_true(peak < 100, "silence expected, peak " .. peak)
     end)
 
+    it_socket("ignores RTP with a payload type the SDP did not negotiate, and runts", function()
+        local st0, st1, st2
+        run(function()
+            local core = require "luasip.core"
+            local u = assert(socket.udp())
+            assert(u:setsockname("127.0.0.1", 0))
+            local _, uport = u:getsockname()
+            local m = assert(core.media("127.0.0.1", 10000, 20000, { "PCMU" }, false, true))
+            local offer = table.concat({
+                "v=0", "o=- 1 1 IN IP4 127.0.0.1", "s=-", "c=IN IP4 127.0.0.1", "t=0 0",
+                "m=audio " .. uport .. " RTP/AVP 0 101", "a=rtpmap:101 telephone-event/8000",
+                "a=sendrecv", "" }, "\r\n")
+            assert(m:answer(offer))
+            assert(m:start())
+            st0 = m:stats()
+            local function rtp(pt, seq) return string.pack(">BBI2I4I4", 0x80, pt, seq, seq * 160, 0x4321) .. ("\255"):rep(160) end
+            -- from the SDP's address: PCMA (8) and 99 were not negotiated
+            for i = 1, 10 do u:sendto(rtp(8, i), "127.0.0.1", st0.local_port) end
+            for i = 11, 20 do u:sendto(rtp(99, i), "127.0.0.1", st0.local_port) end
+            u:sendto("\128\0", "127.0.0.1", st0.local_port)          -- 2-byte runt
+            sip.sleep(0.2)
+            st1 = m:stats()
+            for i = 21, 30 do u:sendto(rtp(0, i), "127.0.0.1", st0.local_port) end
+            sip.sleep(0.2)
+            st2 = m:stats()
+            u:close()
+            m:close()
+        end, 5)
+        assert.equal(0, st1.rx_packets - st0.rx_packets)
+        assert.is_true(st1.rx_dropped - st0.rx_dropped >= 20, "dropped " .. st1.rx_dropped - st0.rx_dropped)
+        assert.equal(10, st2.rx_packets - st1.rx_packets)      -- PCMU still flows
+    end)
+
     it("sends one packet every 20 ms (median inter-arrival)", function()
         local gaps
         run(function()
