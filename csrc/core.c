@@ -31,6 +31,7 @@ static const struct {
 	{"media", lsip_open_media},
 	{"redis", lsip_open_redis},
 	{"srtp", lsip_open_srtp},
+	{"registrar", lsip_open_registrar},
 };
 
 

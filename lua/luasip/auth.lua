@@ -42,6 +42,7 @@ local ALL_ALGS = { "SHA-512-256", "SHA-256", "MD5" }
 local HA1_FIELD = { ["MD5"] = "ha1", ["SHA-256"] = "ha1_sha256", ["SHA-512-256"] = "ha1_sha512_256" }
 
 local SECRET = random(32)
+_M._secret = SECRET        -- the default nonce key, for the C registrar
 local T_LEN, R_LEN, MAC_LEN = 8, 12, 32
 
 
@@ -118,20 +119,10 @@ local function check_nonce(nonce, realm, secret)
 end
 
 
--- highest nonce count per nonce, two generations
-local nc_new, nc_old, nc_count = {}, {}, 0
-
+-- highest nonce count per nonce, two generations of at most max_nonces
+-- (kept in C, shared with the C registrar: csrc/auth.c)
 local function nc_accept(nonce, nc)
-    local prev = nc_new[nonce] or nc_old[nonce]
-    if prev and nc <= prev then return false end
-    if nc_new[nonce] == nil then
-        nc_count = nc_count + 1
-        if nc_count > _M.defaults.max_nonces then
-            nc_old, nc_new, nc_count = nc_new, {}, 1
-        end
-    end
-    nc_new[nonce] = nc
-    return true
+    return core.nonce_accept(nonce, nc, _M.defaults.max_nonces)
 end
 
 
