@@ -33,6 +33,8 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
+#include <openssl/core_names.h>
+#include <openssl/params.h>
 
 
 /* libre's private src/sip/sip.h declares this one; sip_request uses it */
@@ -153,6 +155,22 @@ static void hex_encode(char *hex, const uint8_t *p, size_t n)
 }
 
 
+/*
+ * The algorithm's digest, fetched once: EVP_Digest with the legacy
+ * EVP_md5() & co. fetches the implementation on every call (OpenSSL 3)
+ */
+static const EVP_MD *md_of(const struct digest_alg *alg)
+{
+	static EVP_MD *fetched[sizeof(algv) / sizeof(algv[0])];
+	size_t i = (size_t)(alg - algv);
+
+	if (!fetched[i])
+		fetched[i] = EVP_MD_fetch(NULL, EVP_MD_get0_name(alg->md()),
+					  NULL);
+	return fetched[i] ? fetched[i] : alg->md();
+}
+
+
 /* hex = H(printf(fmt, ...)); the input is wiped (it may hold a password) */
 static int hash_hex(char *hex, const struct digest_alg *alg,
 		    const char *fmt, ...)
@@ -169,7 +187,7 @@ static int hash_hex(char *hex, const struct digest_alg *alg,
 	if (err)
 		return err;
 
-	if (EVP_Digest(s, str_len(s), md, &mdlen, alg->md(), NULL) != 1)
+	if (EVP_Digest(s, str_len(s), md, &mdlen, md_of(alg), NULL) != 1)
 		err = EPROTO;
 	else
 		hex_encode(hex, md, mdlen);
@@ -1431,38 +1449,97 @@ static double wallclock(void)
 }
 
 
+/*
+ * HMAC-SHA256 with the configuration's key: a MAC context keyed once and
+ * re-initialised per use (the one-shot HMAC() fetches and keys anew)
+ */
+static bool mac(uint8_t out[MAC_LEN], const struct lsip_digest_cfg *cfg,
+		const uint8_t *a, size_t al, const uint8_t *b, size_t bl)
+{
+	EVP_MAC_CTX *ctx = cfg->mac;
+	size_t n = 0;
+
+	if (!ctx)
+		return HMAC(EVP_sha256(), cfg->secret, (int)cfg->secretl, a,
+			    al, out, NULL) != NULL;   /* b unused here */
+
+	return EVP_MAC_init(ctx, NULL, 0, NULL) &&
+		EVP_MAC_update(ctx, a, al) &&
+		(!bl || EVP_MAC_update(ctx, b, bl)) &&
+		EVP_MAC_final(ctx, out, &n, MAC_LEN) && n == MAC_LEN;
+}
+
+
+/**
+ * Key the configuration's MAC context with cfg->secret (once)
+ *
+ * @param cfg Digest configuration
+ *
+ * @return 0 if success, otherwise errorcode
+ */
+int lsip_digest_cfg_init(struct lsip_digest_cfg *cfg)
+{
+	static EVP_MAC *hmac;
+	OSSL_PARAM params[2];
+
+	if (!hmac)
+		hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+	if (!hmac)
+		return ENOSYS;
+	cfg->mac = EVP_MAC_CTX_new(hmac);
+	if (!cfg->mac)
+		return ENOMEM;
+	params[0] = OSSL_PARAM_construct_utf8_string("digest", "SHA256", 0);
+	params[1] = OSSL_PARAM_construct_end();
+	if (!EVP_MAC_init(cfg->mac, cfg->secret, cfg->secretl, params)) {
+		EVP_MAC_CTX_free(cfg->mac);
+		cfg->mac = NULL;
+		return EPROTO;
+	}
+	return 0;
+}
+
+
+/**
+ * Release the configuration's MAC context
+ *
+ * @param cfg Digest configuration
+ */
+void lsip_digest_cfg_reset(struct lsip_digest_cfg *cfg)
+{
+	EVP_MAC_CTX_free(cfg->mac);
+	cfg->mac = NULL;
+}
+
+
 /* opaque_of(nonce) of auth.lua: b64(hmac(secret, "opaque:" .. nonce)[1..12]) */
 static void opaque_of(char out[20], const struct lsip_digest_cfg *cfg,
 		      const char *nonce, size_t noncel)
 {
-	uint8_t md[EVP_MAX_MD_SIZE], buf[7 + 80];
-	unsigned int mdlen = 0;
+	uint8_t md[MAC_LEN], buf[7 + 80];
 
 	memset(md, 0, sizeof(md));
 	if (noncel <= 80) {
 		memcpy(buf, "opaque:", 7);
 		memcpy(buf + 7, nonce, noncel);
-		if (!HMAC(EVP_sha256(), cfg->secret, (int)cfg->secretl, buf,
-			  7 + noncel, md, &mdlen))
+		if (!mac(md, cfg, buf, 7 + noncel, NULL, 0))
 			memset(md, 0, sizeof(md));
 	}
 	b64url_enc(out, md, 12);
 }
 
 
-static bool nonce_mac(uint8_t mac[MAC_LEN], const struct lsip_digest_cfg *cfg,
+static bool nonce_mac(uint8_t out[MAC_LEN], const struct lsip_digest_cfg *cfg,
 		      const uint8_t *tr)
 {
 	uint8_t buf[T_LEN + R_LEN + 256];
 	size_t rl = str_len(cfg->realm);
-	unsigned int mdlen = 0;
 
 	if (rl > 256)
 		return false;
 	memcpy(buf, tr, T_LEN + R_LEN);
 	memcpy(buf + T_LEN + R_LEN, cfg->realm, rl);
-	return HMAC(EVP_sha256(), cfg->secret, (int)cfg->secretl, buf,
-		    T_LEN + R_LEN + rl, mac, &mdlen) != NULL;
+	return mac(out, cfg, buf, T_LEN + R_LEN + rl, NULL, 0);
 }
 
 
@@ -1485,8 +1562,8 @@ int lsip_digest_challenge(struct mbuf *mb, const struct lsip_digest_cfg *cfg,
 
 	for (i = 0; i < T_LEN; i++)
 		raw[i] = (uint8_t)(exp >> (8 * (T_LEN - 1 - i)));
-	if (RAND_bytes(raw + T_LEN, R_LEN) != 1 ||
-	    !nonce_mac(raw + T_LEN + R_LEN, cfg, raw))
+	rand_bytes(raw + T_LEN, R_LEN);         /* rand.c: OpenSSL, pooled */
+	if (!nonce_mac(raw + T_LEN + R_LEN, cfg, raw))
 		return EPROTO;
 	b64url_enc(nonce, raw, NONCE_RAW);
 	opaque_of(opaque, cfg, nonce, strlen(nonce));

@@ -111,6 +111,7 @@ struct lsip_digest_cfg {
 	double nonce_ttl;
 	uint32_t max_nonces;
 	bool check_uri;
+	void *mac;                  /* EVP_MAC_CTX keyed with secret */
 };
 enum lsip_dg {
 	LSIP_DG_OK, LSIP_DG_MISSING, LSIP_DG_MALFORMED, LSIP_DG_BADALG,
@@ -130,6 +131,8 @@ enum lsip_dg lsip_digest_verify(const struct sip_msg *msg,
 int lsip_digest_ha1(char *hex, size_t sz, size_t algi, const char *user,
 		    const char *realm, const char *password, size_t pwl);
 int lsip_digest_alg(const char *name);
+int lsip_digest_cfg_init(struct lsip_digest_cfg *cfg);
+void lsip_digest_cfg_reset(struct lsip_digest_cfg *cfg);
 bool lsip_nonce_accept(const char *nonce, uint32_t nc, uint32_t max);
 
 /* registrar.c: REGISTERs answered in C (false: not taken) */

@@ -1009,6 +1009,7 @@ static void regc_destructor(void *arg)
 	if (r->secret)
 		memset(r->secret, 0, r->dg.secretl);
 	mem_deref(r->secret);
+	lsip_digest_cfg_reset(&r->dg);
 	mem_deref(r->loc);
 }
 
@@ -1988,6 +1989,7 @@ static int l_regc_new(lua_State *L)
 		memcpy(r->secret, s, sl);
 		r->dg.secret = (const uint8_t *)r->secret;
 		r->dg.secretl = sl;
+		err |= lsip_digest_cfg_init(&r->dg);
 	}
 	else {
 		err |= ENOMEM;
