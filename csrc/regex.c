@@ -46,15 +46,15 @@ struct step {
 };
 
 
-/* compiled expressions, by address (checked against a copy: callers
- * such as msg_param_decode print theirs into one stack buffer) */
+/* compiled expressions, by a hash of their text (callers such as
+ * msg_param_decode print theirs into one stack buffer) */
 enum { CACHE = 64, EXPR_MAX = 96 };
 
 struct centry {
 	char expr[EXPR_MAX];
 	struct step sv[STEP_MAX];
 	size_t n;
-	const char *key;
+	uint32_t hash;
 };
 
 static __thread struct centry *cache;
@@ -286,6 +286,7 @@ int re_regex(const char *ptr, size_t len, const char *expr, ...)
 	struct pl *plv[STEP_MAX];
 	size_t n = 0, i, k = 0, el;
 	struct centry *ce = NULL;
+	uint32_t h;
 	va_list ap;
 	int err;
 
@@ -294,14 +295,15 @@ int re_regex(const char *ptr, size_t len, const char *expr, ...)
 	if (!lower_ready)
 		lower_init();
 
-	el = strlen(expr);
+	for (el = 0, h = 2166136261u; expr[el]; el++)
+		h = (h ^ (uint8_t)expr[el]) * 16777619u;
 	if (el < EXPR_MAX) {
 		if (!cache)
 			cache = calloc(CACHE, sizeof(*cache));   /* per thread */
 		if (cache)
-			ce = &cache[((uintptr_t)expr >> 3) % CACHE];
+			ce = &cache[(h ^ (h >> 16)) % CACHE];
 	}
-	if (ce && ce->key == expr && !memcmp(ce->expr, expr, el + 1)) {
+	if (ce && ce->hash == h && ce->n && !memcmp(ce->expr, expr, el + 1)) {
 		sv = ce->sv;
 		n = ce->n;
 	}
@@ -313,7 +315,7 @@ int re_regex(const char *ptr, size_t len, const char *expr, ...)
 			memcpy(ce->expr, expr, el + 1);
 			memcpy(ce->sv, svbuf, n * sizeof(svbuf[0]));
 			ce->n = n;
-			ce->key = expr;
+			ce->hash = h;
 		}
 	}
 	if (!n)
@@ -329,13 +331,22 @@ int re_regex(const char *ptr, size_t len, const char *expr, ...)
 	if (!sv[0].cls) {
 		uint8_t a = sv[0].lit;
 		uint8_t b = (a >= 'a' && a <= 'z') ? (uint8_t)(a - 32) : a;
+		const char *p = ptr, *end = ptr + len;
 
-		for (i = 0; i < len; i++) {
-			if ((uint8_t)ptr[i] != a && (uint8_t)ptr[i] != b)
+		while (p < end) {
+			if (a == b) {
+				p = memchr(p, a, (size_t)(end - p));
+				if (!p)
+					break;
+			}
+			else if ((uint8_t)*p != a && (uint8_t)*p != b) {
+				++p;
 				continue;
-			err = try_at(sv, n, ptr + i, len - i, plv);
+			}
+			err = try_at(sv, n, p, (size_t)(end - p), plv);
 			if (err != ENOENT)
 				return err ? ENOENT : 0;
+			++p;
 		}
 		return ENOENT;
 	}
