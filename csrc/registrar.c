@@ -2067,6 +2067,19 @@ static int l_regc_attach(lua_State *L)
 }
 
 
+/* core.registrar_detach(ep): REGISTERs of ep go to its Lua handler */
+static int l_regc_detach(lua_State *L)
+{
+	(void)lsip_checkbox(L, 1, LSIP_EP_MT);
+
+	lua_getfield(L, LUA_REGISTRYINDEX, REGS_KEY);
+	lua_pushvalue(L, 1);
+	lua_pushnil(L);
+	lua_rawset(L, -3);
+	return 0;
+}
+
+
 static void push_bindings(lua_State *L, struct regc *r, const char *aor)
 {
 	struct bnd *bv[BIND_MAX];
@@ -2284,6 +2297,7 @@ int lsip_open_registrar(lua_State *L)
 		{"location_table", l_loc_new},
 		{"location_now", l_loc_now},
 		{"registrar_c", l_regc_new},
+		{"registrar_detach", l_regc_detach},
 		{NULL, NULL}
 	};
 
