@@ -1450,28 +1450,38 @@ static double wallclock(void)
 
 
 /*
- * HMAC-SHA256 with the configuration's key: a MAC context keyed once and
- * re-initialised per use (the one-shot HMAC() fetches and keys anew)
+ * HMAC-SHA256 with the configuration's key (RFC 2104): the inner and
+ * outer hash states after the padded key are computed once, each MAC
+ * copies them (OpenSSL 3's one-shot HMAC() fetches and keys anew, and
+ * re-initialising an EVP_MAC context re-hashes the key: twice the cost)
  */
+struct lsip_mac {
+	EVP_MD_CTX *in, *out, *tmp;
+};
+
+
 static bool mac(uint8_t out[MAC_LEN], const struct lsip_digest_cfg *cfg,
 		const uint8_t *a, size_t al, const uint8_t *b, size_t bl)
 {
-	EVP_MAC_CTX *ctx = cfg->mac;
-	size_t n = 0;
+	struct lsip_mac *m = cfg->mac;
+	uint8_t inner[EVP_MAX_MD_SIZE];
+	unsigned int n = 0;
 
-	if (!ctx)
-		return HMAC(EVP_sha256(), cfg->secret, (int)cfg->secretl, a,
-			    al, out, NULL) != NULL;   /* b unused here */
+	if (!m)
+		return false;
 
-	return EVP_MAC_init(ctx, NULL, 0, NULL) &&
-		EVP_MAC_update(ctx, a, al) &&
-		(!bl || EVP_MAC_update(ctx, b, bl)) &&
-		EVP_MAC_final(ctx, out, &n, MAC_LEN) && n == MAC_LEN;
+	return EVP_MD_CTX_copy_ex(m->tmp, m->in) &&
+		EVP_DigestUpdate(m->tmp, a, al) &&
+		(!bl || EVP_DigestUpdate(m->tmp, b, bl)) &&
+		EVP_DigestFinal_ex(m->tmp, inner, &n) &&
+		EVP_MD_CTX_copy_ex(m->tmp, m->out) &&
+		EVP_DigestUpdate(m->tmp, inner, n) &&
+		EVP_DigestFinal_ex(m->tmp, out, &n) && n == MAC_LEN;
 }
 
 
 /**
- * Key the configuration's MAC context with cfg->secret (once)
+ * Key the configuration's MAC with cfg->secret (once)
  *
  * @param cfg Digest configuration
  *
@@ -1479,21 +1489,45 @@ static bool mac(uint8_t out[MAC_LEN], const struct lsip_digest_cfg *cfg,
  */
 int lsip_digest_cfg_init(struct lsip_digest_cfg *cfg)
 {
-	static EVP_MAC *hmac;
-	OSSL_PARAM params[2];
+	const EVP_MD *md = md_of(&algv[1]);     /* SHA-256 */
+	uint8_t key[64], pad[64];
+	struct lsip_mac *m;
+	unsigned int kl = 0;
+	size_t i;
+	bool ok;
 
-	if (!hmac)
-		hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-	if (!hmac)
-		return ENOSYS;
-	cfg->mac = EVP_MAC_CTX_new(hmac);
-	if (!cfg->mac)
+	memset(key, 0, sizeof(key));
+	if (cfg->secretl > sizeof(key)) {
+		if (EVP_Digest(cfg->secret, cfg->secretl, key, &kl, md,
+			       NULL) != 1)
+			return EPROTO;
+	}
+	else {
+		memcpy(key, cfg->secret, cfg->secretl);
+	}
+
+	m = mem_zalloc(sizeof(*m), NULL);
+	if (!m)
 		return ENOMEM;
-	params[0] = OSSL_PARAM_construct_utf8_string("digest", "SHA256", 0);
-	params[1] = OSSL_PARAM_construct_end();
-	if (!EVP_MAC_init(cfg->mac, cfg->secret, cfg->secretl, params)) {
-		EVP_MAC_CTX_free(cfg->mac);
-		cfg->mac = NULL;
+	m->in = EVP_MD_CTX_new();
+	m->out = EVP_MD_CTX_new();
+	m->tmp = EVP_MD_CTX_new();
+
+	for (i = 0; i < sizeof(pad); i++)
+		pad[i] = key[i] ^ 0x36;
+	ok = m->in && m->out && m->tmp &&
+		EVP_DigestInit_ex(m->in, md, NULL) &&
+		EVP_DigestUpdate(m->in, pad, sizeof(pad));
+	for (i = 0; i < sizeof(pad); i++)
+		pad[i] = key[i] ^ 0x5c;
+	ok = ok && EVP_DigestInit_ex(m->out, md, NULL) &&
+		EVP_DigestUpdate(m->out, pad, sizeof(pad));
+	OPENSSL_cleanse(key, sizeof(key));
+	OPENSSL_cleanse(pad, sizeof(pad));
+
+	cfg->mac = m;
+	if (!ok) {
+		lsip_digest_cfg_reset(cfg);
 		return EPROTO;
 	}
 	return 0;
@@ -1501,13 +1535,20 @@ int lsip_digest_cfg_init(struct lsip_digest_cfg *cfg)
 
 
 /**
- * Release the configuration's MAC context
+ * Release the configuration's MAC state
  *
  * @param cfg Digest configuration
  */
 void lsip_digest_cfg_reset(struct lsip_digest_cfg *cfg)
 {
-	EVP_MAC_CTX_free(cfg->mac);
+	struct lsip_mac *m = cfg->mac;
+
+	if (!m)
+		return;
+	EVP_MD_CTX_free(m->in);
+	EVP_MD_CTX_free(m->out);
+	EVP_MD_CTX_free(m->tmp);
+	mem_deref(m);
 	cfg->mac = NULL;
 }
 

@@ -1285,8 +1285,22 @@ static int ha1_handler(char *hex, size_t sz, size_t algi, const char *user,
 	size_t n;
 	const char *s;
 
-	/* a coroutine that is not a task: sched.wait and friends refuse
-	 * at once ("must be called from a task") instead of half-running */
+	/* hook path (inside re_main, on the main thread, not in a task):
+	 * sched.wait and friends refuse at once ("must be called from a
+	 * task"), a bare yield fails: a plain call is safe */
+	if (!lk->c->req) {
+		if (!lsip_push_ref(L, r->auth))
+			return EPROTO;
+		lua_pushstring(L, user);
+		lua_pushstring(L, lk->realm);
+		status = lua_pcall(L, 2, 1, 0);
+		co = L;
+		nres = 1;
+		goto result;
+	}
+
+	/* req:handle path, inside a task: in a coroutine that is not a
+	 * task, for the same reason */
 	if (!lsip_push_ref(L, r->thread) || lua_type(L, -1) != LUA_TTHREAD ||
 	    lua_status(lua_tothread(L, -1)) != LUA_OK ||
 	    lua_gettop(lua_tothread(L, -1)) != 0) {
@@ -1302,6 +1316,7 @@ static int ha1_handler(char *hex, size_t sz, size_t algi, const char *user,
 	lua_pushstring(co, lk->realm);
 	status = lua_resume(co, L, 2, &nres);
 
+ result:
 	if (status == LUA_YIELD) {
 		lk->yield = true;
 		err = EAGAIN;
@@ -1368,14 +1383,16 @@ static int ha1_handler(char *hex, size_t sz, size_t algi, const char *user,
 		err = EPROTO;
 		break;
 	}
-	lua_settop(co, 0);
+	if (co != L)
+		lua_settop(co, 0);
 	lua_settop(L, top);
 	return err;
 
  drop:
 	/* a coroutine that failed or is suspended is not reused */
 	lua_settop(L, top);
-	lsip_unpin(L, &r->thread);
+	if (co != L)
+		lsip_unpin(L, &r->thread);
 	return err;
 }
 
@@ -1597,6 +1614,20 @@ static int path_copy(struct bnd *b, const struct sip_msg *msg)
 static const char *const tpnames[] = {"udp", "tcp", "tls", "ws", "wss"};
 
 
+/* "ip:port" ("[ip]:port" for IPv6) as req.source prints it */
+static int source_dup(char **dst, const struct sa *sa)
+{
+	char ip[64], buf[80];
+	bool v6 = sa_af(sa) == AF_INET6;
+
+	if (sa_ntop(sa, ip, sizeof(ip)))
+		return re_sdprintf(dst, "%J", sa);
+	(void)snprintf(buf, sizeof(buf), "%s%s%s:%u", v6 ? "[" : "", ip,
+		       v6 ? "]" : "", sa_port(sa));
+	return str_dup(dst, buf);
+}
+
+
 /*
  * Handle one REGISTER (registrar.lua's R:handle and R:_update); answers
  * it unless c->fallback is set on return
@@ -1616,7 +1647,9 @@ static uint16_t reg_process(struct rctx *c)
 	struct le *le;
 	struct aor *a;
 	double now;
-	char host[256], date[64];
+	static char date[64];
+	static time_t date_t;
+	char host[256];
 	const char *realm;
 	time_t t;
 	struct tm tm;
@@ -1836,7 +1869,7 @@ static uint16_t reg_process(struct rctx *c)
 			if (w->has_rest)
 				err |= pl_dupz(&b->params, &w->rest);
 			err |= pl_dupz(&b->call_id, &msg->callid);
-			err |= re_sdprintf(&b->received, "%J", &msg->src);
+			err |= source_dup(&b->received, &msg->src);
 			err |= str_dup(&b->transport,
 				       (size_t)msg->tp < 5 ?
 				       tpnames[msg->tp] : "udp");
@@ -1880,8 +1913,11 @@ static uint16_t reg_process(struct rctx *c)
 	nb = live(bv, BIND_MAX, a, now);
 	mbuf_rewind(hb);
 	t = time(NULL);
-	gmtime_r(&t, &tm);
-	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+	if (t != date_t) {                      /* one strftime a second */
+		gmtime_r(&t, &tm);
+		strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+		date_t = t;
+	}
 	(void)mbuf_printf(hb, "Date: %s\r\n", date);
 	for (i = 0; i < nb; i++) {
 		const struct bnd *b = bv[i];

@@ -225,6 +225,31 @@ describe("luasip.registrar, C path", function()
         end, 10)
     end)
 
+    it("issues challenges whose nonce and opaque luasip.auth accepts", function()
+        h.run(function()
+            local auth = require "luasip.auth"
+            local r = h.endpoint { user = "registrar" }
+            local reg = sip.registrar { realm = "example.com", auth = function() return "pw" end }
+            reg:attach(r)
+            local uac = raw_uac(r)
+            local code, hdrs = uac.register { call_id = "n", cseq = 1, contacts = { "<sip:alice@127.0.0.1:1>" } }
+            assert.equal(401, code)
+            assert.equal(2, #hdrs["www-authenticate"])          -- SHA-256 and MD5
+            local v = hdrs["www-authenticate"][1]
+            assert.matches('^Digest realm="example.com", nonce="[%w_-]+", opaque="[%w_-]+", '
+                           .. 'algorithm=SHA%-256, qop="auth"$', v)
+            local nonce, opaque = v:match('nonce="([^"]+)", opaque="([^"]+)"')
+            local raw = core.base64url_decode(nonce)
+            assert.equal(52, #raw)
+            assert.equal(core.hmac_sha256(auth._secret, raw:sub(1, 20) .. "example.com"), raw:sub(21))
+            assert.equal(core.base64url(core.hmac_sha256(auth._secret, "opaque:" .. nonce):sub(1, 12)), opaque)
+            local expiry = string.unpack(">I8", raw)
+            assert(math.abs(expiry / 1000 - (core.wallclock() + 300)) < 5)
+            uac.close()
+            reg:close()
+        end, 10)
+    end)
+
     it("calls on_change in a task after a change the C path made", function()
         h.run(function()
             local r = h.endpoint { user = "registrar" }
