@@ -986,6 +986,7 @@ struct rctx {
 	struct sip_strans *own;   /* the transaction (hook path) */
 	struct sip_strans **stp;
 	struct lsip_req *req;     /* req:handle path */
+	lua_State *L;             /* thread to call Lua on */
 	uint16_t status;
 	bool fallback;
 	bool changed;
@@ -1280,7 +1281,7 @@ static int ha1_handler(char *hex, size_t sz, size_t algi, const char *user,
 	};
 	struct lookup *lk = arg;
 	struct regc *r = lk->c->r;
-	lua_State *L = lsip_L, *co;
+	lua_State *L = lk->c->L, *co;
 	int top = lua_gettop(L), status, nres = 0, err = 0;
 	size_t n;
 	const char *s;
@@ -1897,7 +1898,7 @@ static uint16_t reg_process(struct rctx *c)
 	}
 
 	if (c->changed && r->loc->changed != LUA_NOREF) {
-		lua_State *L = lsip_L;
+		lua_State *L = c->L;
 		int top = lua_gettop(L);
 
 		if (lsip_push_ref(L, r->loc->changed) &&
@@ -2145,6 +2146,7 @@ static int l_regc_handle(lua_State *L)
 	memset(&c, 0, sizeof(c));
 	c.r = r;
 	c.req = req;
+	c.L = L;
 	c.msg = lsip_req_parts(req, &ep, &c.stp);
 	c.sip = lsip_ep_sip(ep);
 	if (!*c.stp)
@@ -2267,6 +2269,7 @@ bool lsip_registrar_take(struct lsip_ep *ep, const struct sip_msg *msg)
 	memset(&c, 0, sizeof(c));
 	c.r = r;
 	c.msg = msg;
+	c.L = L;
 	c.sip = lsip_ep_sip(ep);
 	(void)reg_process(&c);
 	mem_deref(c.own);

@@ -287,6 +287,27 @@ describe("luasip.registrar, C path", function()
         end, 10)
     end)
 
+    it("answers through reg:handle(req) in a handler of the script's own", function()
+        h.run(function()
+            local r = h.endpoint { user = "registrar" }
+            local reg = sip.registrar { open = true, on_change = function(aor) assert.equal(AOR, aor) end }
+            local got = {}
+            r:on("REGISTER", function(req)
+                local status, bindings = reg:handle(req)
+                got[#got + 1] = { status, bindings and #bindings, req.replied }
+            end)
+            local uac = raw_uac(r)
+            assert.equal(200, (uac.register { call_id = "h", cseq = 1, expires = 60,
+                                              contacts = { "<sip:alice@127.0.0.1:1>" } }))
+            assert.equal(423, (uac.register { call_id = "h", cseq = 2,
+                                              contacts = { "<sip:alice@127.0.0.1:1>;expires=5" } }))
+            assert.same({ { 200, 1, true }, { 423, nil, true } }, got)
+            assert.equal(2, (reg.c:stats()))
+            uac.close()
+            reg:close()
+        end, 10)
+    end)
+
     it("answers 503 once closed", function()
         h.run(function()
             local r = h.endpoint { user = "registrar" }
