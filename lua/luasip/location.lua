@@ -27,7 +27,8 @@
 --   * `updated`    number: when it was last written (seconds since the epoch)
 --
 -- The store owns what it is given: `put` keeps (a copy of) the table and
--- `get` returns tables the caller must not modify.
+-- `get` returns tables the caller must not modify. The memory store keeps
+-- the fields listed above only.
 --
 -- The store interface:
 --

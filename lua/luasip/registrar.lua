@@ -9,6 +9,14 @@
 -- default, optionally persisted to a file; any object with the store
 -- interface fits). Store methods may yield, so `handle` and `lookup` must
 -- run in a task (request handlers always do).
+--
+-- With the memory store (the default) the common path is C
+-- (csrc/registrar.c, core.registrar_c): an attached endpoint's REGISTERs
+-- are answered inside the event loop without a request object or task,
+-- and `handle` runs the same C code. It answers exactly as the Lua code
+-- below, which serves every other store; `auth` is called for each
+-- REGISTER with credentials, and if it needs to wait (a database lookup)
+-- the registrar hands that and every later REGISTER to the Lua path.
 -- @module luasip.registrar
 
 local core = require "luasip.core"
