@@ -987,6 +987,7 @@ struct rctx {
 	struct sip_strans **stp;
 	struct lsip_req *req;     /* req:handle path */
 	lua_State *L;             /* thread to call Lua on */
+	const char *ua;           /* Server header, or NULL */
 	uint16_t status;
 	bool fallback;
 	bool changed;
@@ -1015,9 +1016,122 @@ static void regc_destructor(void *arg)
 }
 
 
+static int write_u(struct mbuf *mb, uint64_t v, unsigned base, int width)
+{
+	static const char digits[] = "0123456789abcdef";
+	char buf[24];
+	int n = 0;
+
+	do {
+		buf[sizeof(buf) - 1 - n++] = digits[v % base];
+		v /= base;
+	} while (v || n < width);
+	return mbuf_write_mem(mb, (uint8_t *)buf + sizeof(buf) - n, n);
+}
+
+
+static int write_hdr(struct mbuf *mb, const struct sip_hdr *hdr)
+{
+	int err = mbuf_write_pl(mb, &hdr->name);
+
+	err |= mbuf_write_mem(mb, (const uint8_t *)": ", 2);
+	err |= mbuf_write_pl(mb, &hdr->val);
+	return err;
+}
+
+
+/*
+ * The response to msg, as libre's sip_treplyf writes it (status line,
+ * Via with rport/received, To with a tag, From, Call-ID, CSeq, Server)
+ * but with plain copies instead of formatted printing; then the headers
+ * in hb. Sets *rportp as sip_reply_addr wants it.
+ */
+static int resp_build(struct mbuf *mb, const struct rctx *c, uint16_t code,
+		      const char *reason, bool *rportp)
+{
+	const struct sip_msg *msg = c->msg;
+	struct le *le;
+	uint32_t viac = 0;
+	int err;
+
+	err = mbuf_write_str(mb, "SIP/2.0 ");
+	err |= write_u(mb, code, 10, 1);
+	err |= mbuf_write_u8(mb, ' ');
+	err |= mbuf_write_str(mb, reason);
+	err |= mbuf_write_str(mb, "\r\n");
+
+	for (le = msg->hdrl.head; le; le = le->next) {
+		const struct sip_hdr *hdr = le->data;
+		struct pl rp;
+		char ip[64];
+
+		switch (hdr->id) {
+
+		case SIP_HDR_VIA:
+			err |= mbuf_write_pl(mb, &hdr->name);
+			err |= mbuf_write_mem(mb, (const uint8_t *)": ", 2);
+			if (viac++) {
+				err |= mbuf_write_pl(mb, &hdr->val);
+				err |= mbuf_write_str(mb, "\r\n");
+				break;
+			}
+			if (!msg_param_exists(&msg->via.params, "rport", &rp)) {
+				err |= mbuf_write_pl_skip(mb, &hdr->val, &rp);
+				err |= mbuf_write_str(mb, ";rport=");
+				err |= write_u(mb, sa_port(&msg->src), 10, 1);
+				*rportp = true;
+			}
+			else {
+				err |= mbuf_write_pl(mb, &hdr->val);
+			}
+			if (*rportp || !sa_cmp(&msg->src, &msg->via.addr,
+					       SA_ADDR)) {
+				err |= sa_ntop(&msg->src, ip, sizeof(ip));
+				err |= mbuf_write_str(mb, ";received=");
+				err |= mbuf_write_str(mb, ip);
+			}
+			err |= mbuf_write_str(mb, "\r\n");
+			break;
+
+		case SIP_HDR_TO:
+			err |= write_hdr(mb, hdr);
+			if (!pl_isset(&msg->to.tag) && code > 100) {
+				err |= mbuf_write_str(mb, ";tag=");
+				err |= write_u(mb, msg->tag, 16, 16);
+			}
+			err |= mbuf_write_str(mb, "\r\n");
+			break;
+
+		case SIP_HDR_FROM:
+		case SIP_HDR_CALL_ID:
+		case SIP_HDR_CSEQ:
+			err |= write_hdr(mb, hdr);
+			err |= mbuf_write_str(mb, "\r\n");
+			break;
+
+		default:
+			break;
+		}
+	}
+
+	if (c->ua) {
+		err |= mbuf_write_str(mb, "Server: ");
+		err |= mbuf_write_str(mb, c->ua);
+		err |= mbuf_write_str(mb, "\r\n");
+	}
+	err |= mbuf_write_mem(mb, hb->buf, hb->end);
+	err |= mbuf_write_str(mb, "Content-Length: 0\r\n\r\n");
+	mb->pos = 0;
+	return err;
+}
+
+
 /* send the answer; the headers are in hb (possibly empty) */
 static uint16_t reply(struct rctx *c, uint16_t code, const char *reason)
 {
+	struct mbuf *mb;
+	struct sa dst;
+	bool rport = false;
 	int err;
 
 	if (code >= 300)
@@ -1034,11 +1148,16 @@ static uint16_t reply(struct rctx *c, uint16_t code, const char *reason)
 		c->stp = &c->own;
 	}
 
-	err = sip_treplyf(c->stp, NULL, c->sip, c->msg, false, code, reason,
-			  "%b"
-			  "Content-Length: 0\r\n"
-			  "\r\n",
-			  hb->buf, hb->end);
+	mb = mbuf_alloc(512 + hb->end);
+	err = mb ? resp_build(mb, c, code, reason, &rport) : ENOMEM;
+	if (!err) {
+		sip_reply_addr(&dst, c->msg, rport);
+		err = sip_strans_reply(c->stp, c->sip, c->msg, &dst, code, mb);
+	}
+	mem_deref(mb);
+	if (err)
+		*c->stp = mem_deref(*c->stp);
+
 	c->status = err ? 999 : code;
 	if (c->req)
 		lsip_req_set_status(c->req, c->status);
@@ -2149,6 +2268,7 @@ static int l_regc_handle(lua_State *L)
 	c.L = L;
 	c.msg = lsip_req_parts(req, &ep, &c.stp);
 	c.sip = lsip_ep_sip(ep);
+	c.ua = lsip_ep_ua(ep);
 	if (!*c.stp)
 		return lsip_fail(L, EALREADY, "handle: already answered");
 
@@ -2270,6 +2390,7 @@ bool lsip_registrar_take(struct lsip_ep *ep, const struct sip_msg *msg)
 	c.r = r;
 	c.msg = msg;
 	c.L = L;
+	c.ua = lsip_ep_ua(ep);
 	c.sip = lsip_ep_sip(ep);
 	(void)reg_process(&c);
 	mem_deref(c.own);
