@@ -1366,6 +1366,17 @@ bool lsip_nonce_accept(const char *nonce, uint32_t nc, uint32_t max)
 }
 
 
+/**
+ * Forget every nonce count (at lua_close)
+ */
+void lsip_nonce_reset(void)
+{
+	nc_flush(&nc_new);
+	nc_flush(&nc_old);
+	nc_count = 0;
+}
+
+
 /* core.nonce_accept(nonce, nc, max) -> boolean */
 static int l_nonce_accept(lua_State *L)
 {

@@ -134,6 +134,7 @@ int lsip_digest_alg(const char *name);
 int lsip_digest_cfg_init(struct lsip_digest_cfg *cfg);
 void lsip_digest_cfg_reset(struct lsip_digest_cfg *cfg);
 bool lsip_nonce_accept(const char *nonce, uint32_t nc, uint32_t max);
+void lsip_nonce_reset(void);
 
 /* registrar.c: REGISTERs answered in C (false: not taken) */
 bool lsip_registrar_take(struct lsip_ep *ep, const struct sip_msg *msg);

@@ -2416,6 +2416,17 @@ bool lsip_registrar_take(struct lsip_ep *ep, const struct sip_msg *msg)
 }
 
 
+/* __gc of the sentinel (at lua_close, after every box): free the buffers */
+static int l_sentinel_gc(lua_State *L)
+{
+	(void)L;
+	hb = mem_deref(hb);
+	kb = mem_deref(kb);
+	lsip_nonce_reset();
+	return 0;
+}
+
+
 /**
  * Register core.location_table, core.location_now and core.registrar_c
  *
@@ -2470,6 +2481,19 @@ int lsip_open_registrar(lua_State *L)
 
 	lsip_setfuncs(L, LOC_MT, loc_methods, loc_meta);
 	lsip_setfuncs(L, REGC_MT, regc_methods, regc_meta);
+
+	/* once per state; finalized after every box created later */
+	if (lua_getfield(L, LUA_REGISTRYINDEX, "luasip.registrar.sentinel") ==
+	    LUA_TNIL) {
+		lua_newuserdatauv(L, 0, 0);
+		lua_newtable(L);
+		lua_pushcfunction(L, l_sentinel_gc);
+		lua_setfield(L, -2, "__gc");
+		lua_setmetatable(L, -2);
+		lua_setfield(L, LUA_REGISTRYINDEX,
+			     "luasip.registrar.sentinel");
+	}
+	lua_pop(L, 1);
 
 	if (lua_getfield(L, LUA_REGISTRYINDEX, REGS_KEY) != LUA_TTABLE) {
 		lua_pop(L, 1);
