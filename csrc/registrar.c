@@ -753,7 +753,8 @@ static int hexval(char c)
 /* print pl %XX-unescaped, optionally in lower case */
 static int mb_unesc(struct mbuf *mb, const struct pl *pl, bool lower)
 {
-	size_t i;
+	char buf[128];
+	size_t i, n = 0;
 	int err = 0;
 
 	for (i = 0; i < pl->l && !err; i++) {
@@ -765,23 +766,34 @@ static int mb_unesc(struct mbuf *mb, const struct pl *pl, bool lower)
 				   hexval(pl->p[i + 2]));
 			i += 2;
 		}
-		if (lower)
-			c = (char)tolower((unsigned char)c);
-		err = mbuf_write_u8(mb, (uint8_t)c);
+		if (lower && c >= 'A' && c <= 'Z')
+			c = (char)(c + 32);
+		buf[n++] = c;
+		if (n == sizeof(buf)) {
+			err = mbuf_write_mem(mb, (uint8_t *)buf, n);
+			n = 0;
+		}
 	}
-	return err;
+	return err ? err : mbuf_write_mem(mb, (uint8_t *)buf, n);
 }
 
 
 static int mb_lower(struct mbuf *mb, const struct pl *pl)
 {
-	size_t i;
+	char buf[128];
+	size_t i, n = 0;
 	int err = 0;
 
-	for (i = 0; i < pl->l && !err; i++)
-		err = mbuf_write_u8(mb, (uint8_t)tolower(
-					    (unsigned char)pl->p[i]));
-	return err;
+	for (i = 0; i < pl->l && !err; i++) {
+		char c = pl->p[i];
+
+		buf[n++] = (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
+		if (n == sizeof(buf)) {
+			err = mbuf_write_mem(mb, (uint8_t *)buf, n);
+			n = 0;
+		}
+	}
+	return err ? err : mbuf_write_mem(mb, (uint8_t *)buf, n);
 }
 
 
@@ -1740,6 +1752,37 @@ static int source_dup(char **dst, const struct sa *sa)
 	char ip[64], buf[80];
 	bool v6 = sa_af(sa) == AF_INET6;
 
+	if (sa_af(sa) == AF_INET) {
+		uint32_t a = sa_in(sa);
+		char *p = buf;
+		int i;
+
+		for (i = 3; i >= 0; i--) {
+			unsigned o = (a >> (8 * i)) & 0xff;
+
+			if (o >= 100)
+				*p++ = (char)('0' + o / 100);
+			if (o >= 10)
+				*p++ = (char)('0' + o / 10 % 10);
+			*p++ = (char)('0' + o % 10);
+			*p++ = i ? '.' : ':';
+		}
+		{
+			char d[8];
+			int n = 0;
+			unsigned port = sa_port(sa);
+
+			do {
+				d[n++] = (char)('0' + port % 10);
+				port /= 10;
+			} while (port);
+			while (n)
+				*p++ = d[--n];
+			*p = '\0';
+		}
+		return str_dup(dst, buf);
+	}
+
 	if (sa_ntop(sa, ip, sizeof(ip)))
 		return re_sdprintf(dst, "%J", sa);
 	(void)snprintf(buf, sizeof(buf), "%s%s%s:%u", v6 ? "[" : "", ip,
@@ -2038,13 +2081,19 @@ static uint16_t reg_process(struct rctx *c)
 		strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
 		date_t = t;
 	}
-	(void)mbuf_printf(hb, "Date: %s\r\n", date);
+	(void)mbuf_write_str(hb, "Date: ");
+	(void)mbuf_write_str(hb, date);
+	(void)mbuf_write_str(hb, "\r\n");
 	for (i = 0; i < nb; i++) {
 		const struct bnd *b = bv[i];
 
-		(void)mbuf_printf(hb, "Contact: <%s>%s;expires=%lld",
-				  b->uri, b->params ? b->params : "",
-				  (long long)left(b, now));
+		(void)mbuf_write_str(hb, "Contact: <");
+		(void)mbuf_write_str(hb, b->uri);
+		(void)mbuf_write_u8(hb, '>');
+		if (b->params)
+			(void)mbuf_write_str(hb, b->params);
+		(void)mbuf_write_str(hb, ";expires=");
+		(void)write_u(hb, (uint64_t)left(b, now), 10, 1);
 		if (b->has_q)
 			(void)mbuf_printf(hb, ";q=%H", print_q, &b->q);
 		(void)mbuf_write_str(hb, "\r\n");
