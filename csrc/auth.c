@@ -198,6 +198,43 @@ static int hash_hex(char *hex, const struct digest_alg *alg,
 }
 
 
+/*
+ * hex = H(parts[0] ":" parts[1] ":" ...), without printing the input
+ * first (the server side hashes three times per check); the context is
+ * reset after use, so no part lingers in it
+ */
+static int hash_parts(char *hex, const struct digest_alg *alg,
+		      const struct pl *parts, size_t n)
+{
+	static EVP_MD_CTX *ctx;
+	uint8_t md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0;
+	bool ok;
+	size_t i;
+
+	if (!ctx)
+		ctx = EVP_MD_CTX_new();
+	if (!ctx)
+		return ENOMEM;
+
+	ok = EVP_DigestInit_ex(ctx, md_of(alg), NULL);
+	for (i = 0; ok && i < n; i++) {
+		if (i)
+			ok = EVP_DigestUpdate(ctx, ":", 1);
+		if (ok && parts[i].l)
+			ok = EVP_DigestUpdate(ctx, parts[i].p, parts[i].l);
+	}
+	ok = ok && EVP_DigestFinal_ex(ctx, md, &mdlen);
+	(void)EVP_MD_CTX_reset(ctx);
+	if (!ok)
+		return EPROTO;
+
+	hex_encode(hex, md, mdlen);
+	OPENSSL_cleanse(md, sizeof(md));
+	return 0;
+}
+
+
 static void str_wipe(char *s)
 {
 	if (s)
@@ -1802,13 +1839,27 @@ enum lsip_dg lsip_digest_verify(const struct sip_msg *msg,
 	if (err)
 		return LSIP_DG_ERROR;
 
-	if (hash_hex(ha2, alg, "%r:%r", &msg->met, &c.uri))
-		return LSIP_DG_ERROR;
-	if (pl_isset(&c.qop))
-		err = hash_hex(expect, alg, "%s:%r:%r:%r:%r:%s", ha1, &c.nonce,
-			       &c.nc, &c.cnonce, &c.qop, ha2);
-	else
-		err = hash_hex(expect, alg, "%s:%r:%s", ha1, &c.nonce, ha2);
+	{
+		struct pl pv[6];
+
+		pv[0] = msg->met;
+		pv[1] = c.uri;
+		if (hash_parts(ha2, alg, pv, 2))
+			return LSIP_DG_ERROR;
+		pl_set_str(&pv[0], ha1);
+		pv[1] = c.nonce;
+		if (pl_isset(&c.qop)) {
+			pv[2] = c.nc;
+			pv[3] = c.cnonce;
+			pv[4] = c.qop;
+			pl_set_str(&pv[5], ha2);
+			err = hash_parts(expect, alg, pv, 6);
+		}
+		else {
+			pl_set_str(&pv[2], ha2);
+			err = hash_parts(expect, alg, pv, 3);
+		}
+	}
 	OPENSSL_cleanse(ha1, sizeof(ha1));
 	if (err)
 		return LSIP_DG_ERROR;
@@ -1836,10 +1887,16 @@ enum lsip_dg lsip_digest_verify(const struct sip_msg *msg,
 int lsip_digest_ha1(char *hex, size_t sz, size_t algi, const char *user,
 		    const char *realm, const char *password, size_t pwl)
 {
+	struct pl pv[3];
+
 	if (sz < HEX_MAX || algi >= sizeof(algv) / sizeof(algv[0]))
 		return EINVAL;
-	return hash_hex(hex, &algv[algi], "%s:%s:%b", user, realm, password,
-			pwl);
+
+	pl_set_str(&pv[0], user);
+	pl_set_str(&pv[1], realm);
+	pv[2].p = password;
+	pv[2].l = pwl;
+	return hash_parts(hex, &algv[algi], pv, 3);
 }
 
 
