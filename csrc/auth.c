@@ -159,9 +159,12 @@ static void hex_encode(char *hex, const uint8_t *p, size_t n)
  * The algorithm's digest, fetched once: EVP_Digest with the legacy
  * EVP_md5() & co. fetches the implementation on every call (OpenSSL 3)
  */
+static EVP_MD *fetched[sizeof(algv) / sizeof(algv[0])];
+static EVP_MD_CTX *hash_ctx;
+
+
 static const EVP_MD *md_of(const struct digest_alg *alg)
 {
-	static EVP_MD *fetched[sizeof(algv) / sizeof(algv[0])];
 	size_t i = (size_t)(alg - algv);
 
 	if (!fetched[i])
@@ -206,14 +209,15 @@ static int hash_hex(char *hex, const struct digest_alg *alg,
 static int hash_parts(char *hex, const struct digest_alg *alg,
 		      const struct pl *parts, size_t n)
 {
-	static EVP_MD_CTX *ctx;
+	EVP_MD_CTX *ctx;
 	uint8_t md[EVP_MAX_MD_SIZE];
 	unsigned int mdlen = 0;
 	bool ok;
 	size_t i;
 
-	if (!ctx)
-		ctx = EVP_MD_CTX_new();
+	if (!hash_ctx)
+		hash_ctx = EVP_MD_CTX_new();
+	ctx = hash_ctx;
 	if (!ctx)
 		return ENOMEM;
 
@@ -1404,13 +1408,22 @@ bool lsip_nonce_accept(const char *nonce, uint32_t nc, uint32_t max)
 
 
 /**
- * Forget every nonce count (at lua_close)
+ * Forget every nonce count and free the cached digest objects (at
+ * lua_close: the module's statics go away with it)
  */
 void lsip_nonce_reset(void)
 {
+	size_t i;
+
 	nc_flush(&nc_new);
 	nc_flush(&nc_old);
 	nc_count = 0;
+	for (i = 0; i < sizeof(fetched) / sizeof(fetched[0]); i++) {
+		EVP_MD_free(fetched[i]);
+		fetched[i] = NULL;
+	}
+	EVP_MD_CTX_free(hash_ctx);
+	hash_ctx = NULL;
 }
 
 
