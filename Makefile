@@ -25,7 +25,11 @@
 # tmr_debug or tmr_status would pull tmr.o and fail with duplicates.
 # csrc/auth.c replaces libre's sip/auth.o the same way (sip_auth_alloc,
 # sip_auth_authenticate, sip_auth_encode, sip_auth_reset) to add SHA-256
-# digest; check with -Wl,-Map that neither member is pulled in.
+# digest; csrc/rand.c replaces sys/rand.o (rand_*: RAND_bytes drawn
+# 4 KB at a time), csrc/regex.c fmt/regex.o (re_regex compiled once
+# per expression) and csrc/param.c msg/param.o (msg_param_decode and
+# msg_param_exists without printing an expression); check with -Wl,-Map
+# that no such member is pulled in.
 # -Wl,--wrap=sip_dialog_update: csrc/proxy.c stops sipsess from following
 # a 3xx to its first Contact by itself (ep:call's follow_redirects does).
 # -Wl,--wrap=sip_msg_decode,udp_listen,tcp_listen,tcp_accept: csrc/badstart.c

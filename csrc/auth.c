@@ -33,6 +33,8 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
+#include <openssl/core_names.h>
+#include <openssl/params.h>
 
 
 /* libre's private src/sip/sip.h declares this one; sip_request uses it */
@@ -153,6 +155,25 @@ static void hex_encode(char *hex, const uint8_t *p, size_t n)
 }
 
 
+/*
+ * The algorithm's digest, fetched once: EVP_Digest with the legacy
+ * EVP_md5() & co. fetches the implementation on every call (OpenSSL 3)
+ */
+static EVP_MD *fetched[sizeof(algv) / sizeof(algv[0])];
+static EVP_MD_CTX *hash_ctx;
+
+
+static const EVP_MD *md_of(const struct digest_alg *alg)
+{
+	size_t i = (size_t)(alg - algv);
+
+	if (!fetched[i])
+		fetched[i] = EVP_MD_fetch(NULL, EVP_MD_get0_name(alg->md()),
+					  NULL);
+	return fetched[i] ? fetched[i] : alg->md();
+}
+
+
 /* hex = H(printf(fmt, ...)); the input is wiped (it may hold a password) */
 static int hash_hex(char *hex, const struct digest_alg *alg,
 		    const char *fmt, ...)
@@ -169,7 +190,7 @@ static int hash_hex(char *hex, const struct digest_alg *alg,
 	if (err)
 		return err;
 
-	if (EVP_Digest(s, str_len(s), md, &mdlen, alg->md(), NULL) != 1)
+	if (EVP_Digest(s, str_len(s), md, &mdlen, md_of(alg), NULL) != 1)
 		err = EPROTO;
 	else
 		hex_encode(hex, md, mdlen);
@@ -177,6 +198,44 @@ static int hash_hex(char *hex, const struct digest_alg *alg,
 	OPENSSL_cleanse(s, str_len(s));
 	mem_deref(s);
 	return err;
+}
+
+
+/*
+ * hex = H(parts[0] ":" parts[1] ":" ...), without printing the input
+ * first (the server side hashes three times per check); the context is
+ * reset after use, so no part lingers in it
+ */
+static int hash_parts(char *hex, const struct digest_alg *alg,
+		      const struct pl *parts, size_t n)
+{
+	EVP_MD_CTX *ctx;
+	uint8_t md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0;
+	bool ok;
+	size_t i;
+
+	if (!hash_ctx)
+		hash_ctx = EVP_MD_CTX_new();
+	ctx = hash_ctx;
+	if (!ctx)
+		return ENOMEM;
+
+	ok = EVP_DigestInit_ex(ctx, md_of(alg), NULL);
+	for (i = 0; ok && i < n; i++) {
+		if (i)
+			ok = EVP_DigestUpdate(ctx, ":", 1);
+		if (ok && parts[i].l)
+			ok = EVP_DigestUpdate(ctx, parts[i].p, parts[i].l);
+	}
+	ok = ok && EVP_DigestFinal_ex(ctx, md, &mdlen);
+	(void)EVP_MD_CTX_reset(ctx);
+	if (!ok)
+		return EPROTO;
+
+	hex_encode(hex, md, mdlen);
+	OPENSSL_cleanse(md, sizeof(md));
+	return 0;
 }
 
 
@@ -1222,6 +1281,8 @@ static int l_sentinel_gc(lua_State *L)
  *
  * @return 0
  */
+static int l_nonce_accept(lua_State *L);
+
 int lsip_open_auth(lua_State *L)
 {
 	static const luaL_Reg funcs[] = {
@@ -1233,6 +1294,7 @@ int lsip_open_auth(lua_State *L)
 		{"base64url_decode", l_base64url_decode},
 		{"digest_parse", l_digest_parse},
 		{"wallclock", l_wallclock},
+		{"nonce_accept", l_nonce_accept},
 		{NULL, NULL}
 	};
 
@@ -1252,4 +1314,618 @@ int lsip_open_auth(lua_State *L)
 	lua_pop(L, 1);
 
 	return 0;
+}
+
+
+/* ---- server digest in C (csrc/registrar.c's fast path) ---- */
+
+
+/*
+ * Highest nonce count seen per nonce, two generations of at most max
+ * entries each (shared with lua/luasip/auth.lua through
+ * core.nonce_accept, so a nonce is never accepted twice whichever path
+ * checks it).
+ */
+struct ncent {
+	struct le he;
+	char nonce[80];
+	uint32_t nc;
+};
+
+static struct hash *nc_new, *nc_old;
+static uint32_t nc_count;
+
+
+static bool nc_cmp(struct le *le, void *arg)
+{
+	const struct ncent *e = le->data;
+
+	return !strcmp(e->nonce, arg);
+}
+
+
+static struct ncent *nc_find(struct hash *h, const char *nonce)
+{
+	struct le *le;
+
+	if (!h)
+		return NULL;
+	le = hash_lookup(h, hash_joaat_str(nonce), nc_cmp, (void *)nonce);
+	return le ? le->data : NULL;
+}
+
+
+static void nc_flush(struct hash **hp)
+{
+	if (*hp)
+		hash_flush(*hp);
+	*hp = mem_deref(*hp);
+}
+
+
+/**
+ * Accept nonce count nc for nonce unless an equal or higher one was seen
+ *
+ * @param nonce Nonce (longer ones than 79 bytes are never accepted)
+ * @param nc    Nonce count
+ * @param max   Entries per generation
+ *
+ * @return true if accepted (and remembered)
+ */
+bool lsip_nonce_accept(const char *nonce, uint32_t nc, uint32_t max)
+{
+	struct ncent *e = nc_find(nc_new, nonce);
+	struct ncent *old = e ? NULL : nc_find(nc_old, nonce);
+
+	if (str_len(nonce) >= sizeof(e->nonce))
+		return false;
+	if ((e && nc <= e->nc) || (old && nc <= old->nc))
+		return false;
+	if (e) {
+		e->nc = nc;
+		return true;
+	}
+
+	if (!nc_new && hash_alloc(&nc_new, 4096))
+		return false;
+	if (++nc_count > max) {
+		nc_flush(&nc_old);
+		nc_old = nc_new;
+		nc_new = NULL;
+		nc_count = 1;
+		if (hash_alloc(&nc_new, 4096))
+			return false;
+	}
+
+	e = mem_zalloc(sizeof(*e), NULL);
+	if (!e)
+		return false;
+	str_ncpy(e->nonce, nonce, sizeof(e->nonce));
+	e->nc = nc;
+	hash_append(nc_new, hash_joaat_str(nonce), &e->he, e);
+	return true;
+}
+
+
+/**
+ * Forget every nonce count and free the cached digest objects (at
+ * lua_close: the module's statics go away with it)
+ */
+void lsip_nonce_reset(void)
+{
+	size_t i;
+
+	nc_flush(&nc_new);
+	nc_flush(&nc_old);
+	nc_count = 0;
+	for (i = 0; i < sizeof(fetched) / sizeof(fetched[0]); i++) {
+		EVP_MD_free(fetched[i]);
+		fetched[i] = NULL;
+	}
+	EVP_MD_CTX_free(hash_ctx);
+	hash_ctx = NULL;
+}
+
+
+/* core.nonce_accept(nonce, nc, max) -> boolean */
+static int l_nonce_accept(lua_State *L)
+{
+	const char *nonce = luaL_checkstring(L, 1);
+	lua_Integer nc = luaL_checkinteger(L, 2);
+	lua_Integer max = luaL_optinteger(L, 3, 10000);
+
+	lua_pushboolean(L, nc >= 0 && nc <= UINT32_MAX && max > 0 &&
+			lsip_nonce_accept(nonce, (uint32_t)nc,
+					  (uint32_t)max));
+	return 1;
+}
+
+
+static void b64url_enc(char *out, const uint8_t *s, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i + 2 < n; i += 3) {
+		uint32_t v = s[i] << 16 | s[i + 1] << 8 | s[i + 2];
+
+		*out++ = b64url[v >> 18];
+		*out++ = b64url[(v >> 12) & 63];
+		*out++ = b64url[(v >> 6) & 63];
+		*out++ = b64url[v & 63];
+	}
+	if (n - i == 1) {
+		*out++ = b64url[s[i] >> 2];
+		*out++ = b64url[(s[i] & 3) << 4];
+	}
+	else if (n - i == 2) {
+		uint32_t v = s[i] << 8 | s[i + 1];
+
+		*out++ = b64url[v >> 10];
+		*out++ = b64url[(v >> 4) & 63];
+		*out++ = b64url[(v << 2) & 63];
+	}
+	*out = '\0';
+}
+
+
+/* decoded length, or -1 when malformed */
+static int b64url_dec(uint8_t *out, size_t outsz, const struct pl *s)
+{
+	uint32_t v = 0;
+	int bits = 0;
+	size_t i, n = 0;
+
+	if (s->l % 4 == 1)
+		return -1;
+	for (i = 0; i < s->l; i++) {
+		const char *p = s->p[i] ? strchr(b64url, s->p[i]) : NULL;
+
+		if (!p)
+			return -1;
+		v = v << 6 | (uint32_t)(p - b64url);
+		bits += 6;
+		if (bits >= 8) {
+			bits -= 8;
+			if (n >= outsz)
+				return -1;
+			out[n++] = (uint8_t)((v >> bits) & 0xff);
+		}
+	}
+	if (v & ((1u << bits) - 1))
+		return -1;
+
+	return (int)n;
+}
+
+
+enum { T_LEN = 8, R_LEN = 12, MAC_LEN = 32, NONCE_RAW = 52 };
+
+
+static double wallclock(void)
+{
+	struct timespec ts;
+
+	(void)clock_gettime(CLOCK_REALTIME, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+
+/*
+ * HMAC-SHA256 with the configuration's key (RFC 2104): the inner and
+ * outer hash states after the padded key are computed once, each MAC
+ * copies them (OpenSSL 3's one-shot HMAC() fetches and keys anew, and
+ * re-initialising an EVP_MAC context re-hashes the key: twice the cost)
+ */
+struct lsip_mac {
+	EVP_MD_CTX *in, *out, *tmp;
+};
+
+
+static bool mac(uint8_t out[MAC_LEN], const struct lsip_digest_cfg *cfg,
+		const uint8_t *a, size_t al, const uint8_t *b, size_t bl)
+{
+	struct lsip_mac *m = cfg->mac;
+	uint8_t inner[EVP_MAX_MD_SIZE];
+	unsigned int n = 0;
+
+	if (!m)
+		return false;
+
+	return EVP_MD_CTX_copy_ex(m->tmp, m->in) &&
+		EVP_DigestUpdate(m->tmp, a, al) &&
+		(!bl || EVP_DigestUpdate(m->tmp, b, bl)) &&
+		EVP_DigestFinal_ex(m->tmp, inner, &n) &&
+		EVP_MD_CTX_copy_ex(m->tmp, m->out) &&
+		EVP_DigestUpdate(m->tmp, inner, n) &&
+		EVP_DigestFinal_ex(m->tmp, out, &n) && n == MAC_LEN;
+}
+
+
+/**
+ * Key the configuration's MAC with cfg->secret (once)
+ *
+ * @param cfg Digest configuration
+ *
+ * @return 0 if success, otherwise errorcode
+ */
+int lsip_digest_cfg_init(struct lsip_digest_cfg *cfg)
+{
+	const EVP_MD *md = md_of(&algv[1]);     /* SHA-256 */
+	uint8_t key[64], pad[64];
+	struct lsip_mac *m;
+	unsigned int kl = 0;
+	size_t i;
+	bool ok;
+
+	memset(key, 0, sizeof(key));
+	if (cfg->secretl > sizeof(key)) {
+		if (EVP_Digest(cfg->secret, cfg->secretl, key, &kl, md,
+			       NULL) != 1)
+			return EPROTO;
+	}
+	else {
+		memcpy(key, cfg->secret, cfg->secretl);
+	}
+
+	m = mem_zalloc(sizeof(*m), NULL);
+	if (!m)
+		return ENOMEM;
+	m->in = EVP_MD_CTX_new();
+	m->out = EVP_MD_CTX_new();
+	m->tmp = EVP_MD_CTX_new();
+
+	for (i = 0; i < sizeof(pad); i++)
+		pad[i] = key[i] ^ 0x36;
+	ok = m->in && m->out && m->tmp &&
+		EVP_DigestInit_ex(m->in, md, NULL) &&
+		EVP_DigestUpdate(m->in, pad, sizeof(pad));
+	for (i = 0; i < sizeof(pad); i++)
+		pad[i] = key[i] ^ 0x5c;
+	ok = ok && EVP_DigestInit_ex(m->out, md, NULL) &&
+		EVP_DigestUpdate(m->out, pad, sizeof(pad));
+	OPENSSL_cleanse(key, sizeof(key));
+	OPENSSL_cleanse(pad, sizeof(pad));
+
+	cfg->mac = m;
+	if (!ok) {
+		lsip_digest_cfg_reset(cfg);
+		return EPROTO;
+	}
+	return 0;
+}
+
+
+/**
+ * Release the configuration's MAC state
+ *
+ * @param cfg Digest configuration
+ */
+void lsip_digest_cfg_reset(struct lsip_digest_cfg *cfg)
+{
+	struct lsip_mac *m = cfg->mac;
+
+	if (!m)
+		return;
+	EVP_MD_CTX_free(m->in);
+	EVP_MD_CTX_free(m->out);
+	EVP_MD_CTX_free(m->tmp);
+	mem_deref(m);
+	cfg->mac = NULL;
+}
+
+
+/* opaque_of(nonce) of auth.lua: b64(hmac(secret, "opaque:" .. nonce)[1..12]) */
+static void opaque_of(char out[20], const struct lsip_digest_cfg *cfg,
+		      const char *nonce, size_t noncel)
+{
+	uint8_t md[MAC_LEN], buf[7 + 80];
+
+	memset(md, 0, sizeof(md));
+	if (noncel <= 80) {
+		memcpy(buf, "opaque:", 7);
+		memcpy(buf + 7, nonce, noncel);
+		if (!mac(md, cfg, buf, 7 + noncel, NULL, 0))
+			memset(md, 0, sizeof(md));
+	}
+	b64url_enc(out, md, 12);
+}
+
+
+static bool nonce_mac(uint8_t out[MAC_LEN], const struct lsip_digest_cfg *cfg,
+		      const uint8_t *tr)
+{
+	uint8_t buf[T_LEN + R_LEN + 256];
+	size_t rl = str_len(cfg->realm);
+
+	if (rl > 256)
+		return false;
+	memcpy(buf, tr, T_LEN + R_LEN);
+	memcpy(buf + T_LEN + R_LEN, cfg->realm, rl);
+	return mac(out, cfg, buf, T_LEN + R_LEN + rl, NULL, 0);
+}
+
+
+/**
+ * Append challenge headers (one per algorithm of cfg->offer, in order)
+ *
+ * @param mb    Buffer
+ * @param cfg   Digest configuration
+ * @param stale Add stale=true
+ *
+ * @return 0 if success, otherwise errorcode
+ */
+int lsip_digest_challenge(struct mbuf *mb, const struct lsip_digest_cfg *cfg,
+			  bool stale)
+{
+	uint8_t raw[NONCE_RAW];
+	uint64_t exp = (uint64_t)((wallclock() + cfg->nonce_ttl) * 1000);
+	char nonce[80], opaque[20];
+	int i, err = 0;
+
+	for (i = 0; i < T_LEN; i++)
+		raw[i] = (uint8_t)(exp >> (8 * (T_LEN - 1 - i)));
+	rand_bytes(raw + T_LEN, R_LEN);         /* rand.c: OpenSSL, pooled */
+	if (!nonce_mac(raw + T_LEN + R_LEN, cfg, raw))
+		return EPROTO;
+	b64url_enc(nonce, raw, NONCE_RAW);
+	opaque_of(opaque, cfg, nonce, strlen(nonce));
+
+	for (i = 0; i < cfg->offerc && !err; i++)
+		err = mbuf_printf(mb, "WWW-Authenticate: Digest realm=\"%H\", "
+				  "nonce=\"%s\", opaque=\"%s\", algorithm=%s, "
+				  "qop=\"auth\"%s\r\n", print_qstr, cfg->realm,
+				  nonce, opaque, algv[cfg->offer[i]].name,
+				  stale ? ", stale=true" : "");
+	return err;
+}
+
+
+struct dcred {
+	struct pl username, realm, nonce, uri, response, algorithm, qop,
+		nc, cnonce, opaque;
+	bool uq;             /* username was quoted (may hold escapes) */
+	bool rq;             /* realm likewise */
+};
+
+
+static int dcred_param(const struct pl *name, const struct pl *val,
+		       bool quoted, void *arg)
+{
+	struct dcred *c = arg;
+	struct pl *dst = NULL;
+
+	if (!pl_strcasecmp(name, "username")) {
+		dst = &c->username;
+		if (!pl_isset(dst))
+			c->uq = quoted;
+	}
+	else if (!pl_strcasecmp(name, "realm")) {
+		dst = &c->realm;
+		if (!pl_isset(dst))
+			c->rq = quoted;
+	}
+	else if (!pl_strcasecmp(name, "nonce"))     dst = &c->nonce;
+	else if (!pl_strcasecmp(name, "uri"))       dst = &c->uri;
+	else if (!pl_strcasecmp(name, "response"))  dst = &c->response;
+	else if (!pl_strcasecmp(name, "algorithm")) dst = &c->algorithm;
+	else if (!pl_strcasecmp(name, "qop"))       dst = &c->qop;
+	else if (!pl_strcasecmp(name, "nc"))        dst = &c->nc;
+	else if (!pl_strcasecmp(name, "cnonce"))    dst = &c->cnonce;
+	else if (!pl_strcasecmp(name, "opaque"))    dst = &c->opaque;
+
+	if (dst && !pl_isset(dst)) {
+		/* an empty quoted value is set, but empty */
+		dst->p = val->p ? val->p : "";
+		dst->l = val->l;
+	}
+	return 0;
+}
+
+
+/* unescaped copy of a (quoted) value into buf; false when too long */
+static bool unq(char *buf, size_t sz, const struct pl *v, bool quoted)
+{
+	size_t i, n = 0;
+
+	for (i = 0; i < v->l; i++) {
+		if (quoted && v->p[i] == '\\' && i + 1 < v->l)
+			++i;
+		if (n + 1 >= sz)
+			return false;
+		buf[n++] = v->p[i];
+	}
+	buf[n] = '\0';
+	return true;
+}
+
+
+static bool is_hex8(const struct pl *pl)
+{
+	size_t i;
+
+	if (pl->l != 8)
+		return false;
+	for (i = 0; i < 8; i++)
+		if (!isxdigit((unsigned char)pl->p[i]))
+			return false;
+	return true;
+}
+
+
+/**
+ * Check the Authorization of a request (auth.lua's verify, in C)
+ *
+ * @param msg    Request
+ * @param cfg    Digest configuration
+ * @param ha1h   Called with the user for the HA1 of alg
+ * @param arg    Handler argument
+ * @param user   Set to the authenticated user (buffer of usersz)
+ * @param usersz Size of user
+ *
+ * @return LSIP_DG_OK, or why not
+ */
+enum lsip_dg lsip_digest_verify(const struct sip_msg *msg,
+				const struct lsip_digest_cfg *cfg,
+				lsip_ha1_h *ha1h, void *arg,
+				char *user, size_t usersz)
+{
+	const struct digest_alg *alg;
+	struct dcred c;
+	struct le *le;
+	struct pl scheme;
+	char realm[256], ha1[HEX_MAX], ha2[HEX_MAX], expect[HEX_MAX];
+	char nonce[80], opaque[20];
+	uint8_t raw[NONCE_RAW + 4], mac[MAC_LEN];
+	uint64_t exp = 0;
+	bool found = false, stale;
+	uint32_t ncv = 0;
+	int i, n, err;
+	size_t algi;
+
+	for (le = list_head(&msg->hdrl); le; le = le->next) {
+		const struct sip_hdr *hdr = le->data;
+
+		if (hdr->id != SIP_HDR_AUTHORIZATION)
+			continue;
+		memset(&c, 0, sizeof(c));
+		if (param_decode(&hdr->val, &scheme, dcred_param, &c))
+			continue;
+		if (pl_strcasecmp(&scheme, "digest") || !pl_isset(&c.realm))
+			continue;
+		if (!unq(realm, sizeof(realm), &c.realm, c.rq) ||
+		    strcmp(realm, cfg->realm))
+			continue;
+		found = true;
+		break;
+	}
+	if (!found)
+		return LSIP_DG_MISSING;
+
+	if (!pl_isset(&c.username) || !pl_isset(&c.nonce) ||
+	    !pl_isset(&c.uri) || !pl_isset(&c.response))
+		return LSIP_DG_MALFORMED;
+	if (!unq(user, usersz, &c.username, c.uq))
+		return LSIP_DG_MALFORMED;
+
+	alg = pl_isset(&c.algorithm) ? alg_find(&c.algorithm) : &algv[0];
+	if (!alg)
+		return LSIP_DG_BADALG;
+	algi = (size_t)(alg - algv);
+	if (!(cfg->accept & (1u << algi)))
+		return LSIP_DG_BADALG;
+
+	if (pl_isset(&c.qop)) {
+		if (pl_strcasecmp(&c.qop, "auth") || !pl_isset(&c.cnonce) ||
+		    !is_hex8(&c.nc))
+			return LSIP_DG_MALFORMED;
+		ncv = pl_x32(&c.nc);
+	}
+	else if (algi != 0) {
+		return LSIP_DG_MALFORMED;
+	}
+
+	/* the nonce: ours, for this realm, and when it expires */
+	n = b64url_dec(raw, sizeof(raw), &c.nonce);
+	if (n != NONCE_RAW || !nonce_mac(mac, cfg, raw) ||
+	    CRYPTO_memcmp(mac, raw + T_LEN + R_LEN, MAC_LEN))
+		return LSIP_DG_BADNONCE;
+	if (c.nonce.l >= sizeof(nonce))
+		return LSIP_DG_BADNONCE;
+	pl_strcpy(&c.nonce, nonce, sizeof(nonce));
+	if (pl_isset(&c.opaque)) {
+		opaque_of(opaque, cfg, nonce, c.nonce.l);
+		if (pl_strcmp(&c.opaque, opaque))
+			return LSIP_DG_BADNONCE;
+	}
+	for (i = 0; i < T_LEN; i++)
+		exp = exp << 8 | raw[i];
+	stale = (double)exp < wallclock() * 1000;
+
+	if (cfg->check_uri && pl_cmp(&c.uri, &msg->ruri))
+		return LSIP_DG_URI;
+
+	err = ha1h(ha1, sizeof(ha1), algi, user, arg);
+	if (err == ENOENT)
+		return LSIP_DG_UNKNOWN;
+	if (err == EACCES)
+		return LSIP_DG_WRONG;
+	if (err)
+		return LSIP_DG_ERROR;
+
+	{
+		struct pl pv[6];
+
+		pv[0] = msg->met;
+		pv[1] = c.uri;
+		if (hash_parts(ha2, alg, pv, 2))
+			return LSIP_DG_ERROR;
+		pl_set_str(&pv[0], ha1);
+		pv[1] = c.nonce;
+		if (pl_isset(&c.qop)) {
+			pv[2] = c.nc;
+			pv[3] = c.cnonce;
+			pv[4] = c.qop;
+			pl_set_str(&pv[5], ha2);
+			err = hash_parts(expect, alg, pv, 6);
+		}
+		else {
+			pl_set_str(&pv[2], ha2);
+			err = hash_parts(expect, alg, pv, 3);
+		}
+	}
+	OPENSSL_cleanse(ha1, sizeof(ha1));
+	if (err)
+		return LSIP_DG_ERROR;
+
+	if (c.response.l != strlen(expect))
+		return LSIP_DG_WRONG;
+	for (i = 0; i < (int)c.response.l; i++)
+		if (tolower((unsigned char)c.response.p[i]) != expect[i])
+			return LSIP_DG_WRONG;
+
+	if (stale)
+		return LSIP_DG_STALE;
+	if (pl_isset(&c.qop) && !lsip_nonce_accept(nonce, ncv, cfg->max_nonces))
+		return LSIP_DG_REPLAY;
+
+	return LSIP_DG_OK;
+}
+
+
+/**
+ * HA1 of user:realm:password for algorithm index algi into hex
+ *
+ * @return 0 if success, otherwise errorcode
+ */
+int lsip_digest_ha1(char *hex, size_t sz, size_t algi, const char *user,
+		    const char *realm, const char *password, size_t pwl)
+{
+	struct pl pv[3];
+
+	if (sz < HEX_MAX || algi >= sizeof(algv) / sizeof(algv[0]))
+		return EINVAL;
+
+	pl_set_str(&pv[0], user);
+	pl_set_str(&pv[1], realm);
+	pv[2].p = password;
+	pv[2].l = pwl;
+	return hash_parts(hex, &algv[algi], pv, 3);
+}
+
+
+/**
+ * Index of a digest algorithm name ("MD5", "SHA-256", "SHA-512-256")
+ *
+ * @return index, or -1
+ */
+int lsip_digest_alg(const char *name)
+{
+	struct pl pl;
+	const struct digest_alg *alg;
+
+	pl_set_str(&pl, name);
+	if (!pl.l)
+		return -1;
+	alg = alg_find(&pl);
+	return alg ? (int)(alg - algv) : -1;
 }

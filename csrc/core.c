@@ -33,6 +33,7 @@ static const struct {
 	{"redis", lsip_open_redis},
 	{"srtp", lsip_open_srtp},
 	{"refer", lsip_open_refer},
+	{"registrar", lsip_open_registrar},
 };
 
 

@@ -102,6 +102,46 @@ int  lsip_creds_alloc(struct lsip_creds **credsp, lua_State *L, int idx,
 int  lsip_auth_handler(char **user, char **pass, const char *realm,
 		       void *arg);
 
+/* auth.c: server digest for registrar.c (algorithm index: 0 MD5,
+ * 1 SHA-256, 2 SHA-512-256) */
+struct lsip_digest_cfg {
+	const char *realm;
+	const uint8_t *secret;
+	size_t secretl;
+	unsigned accept;            /* bit (1 << index) per accepted alg */
+	int offer[3];               /* challenge: algorithms, in order */
+	int offerc;
+	double nonce_ttl;
+	uint32_t max_nonces;
+	bool check_uri;
+	void *mac;                  /* EVP_MAC_CTX keyed with secret */
+};
+enum lsip_dg {
+	LSIP_DG_OK, LSIP_DG_MISSING, LSIP_DG_MALFORMED, LSIP_DG_BADALG,
+	LSIP_DG_BADNONCE, LSIP_DG_URI, LSIP_DG_UNKNOWN, LSIP_DG_WRONG,
+	LSIP_DG_STALE, LSIP_DG_REPLAY, LSIP_DG_ERROR,
+};
+/* HA1 (hex) of user for algorithm algi: 0, ENOENT (unknown user),
+ * EACCES (no usable secret), other errors */
+typedef int (lsip_ha1_h)(char *hex, size_t sz, size_t algi,
+			 const char *user, void *arg);
+int lsip_digest_challenge(struct mbuf *mb, const struct lsip_digest_cfg *cfg,
+			  bool stale);
+enum lsip_dg lsip_digest_verify(const struct sip_msg *msg,
+				const struct lsip_digest_cfg *cfg,
+				lsip_ha1_h *ha1h, void *arg,
+				char *user, size_t usersz);
+int lsip_digest_ha1(char *hex, size_t sz, size_t algi, const char *user,
+		    const char *realm, const char *password, size_t pwl);
+int lsip_digest_alg(const char *name);
+int lsip_digest_cfg_init(struct lsip_digest_cfg *cfg);
+void lsip_digest_cfg_reset(struct lsip_digest_cfg *cfg);
+bool lsip_nonce_accept(const char *nonce, uint32_t nc, uint32_t max);
+void lsip_nonce_reset(void);
+
+/* registrar.c: REGISTERs answered in C (false: not taken) */
+bool lsip_registrar_take(struct lsip_ep *ep, const struct sip_msg *msg);
+
 /* call.c */
 void lsip_call_incoming(struct lsip_ep *ep, const struct sip_msg *msg);
 struct sip_dialog *lsip_call_dialog(lua_State *L, int idx,
@@ -191,3 +231,4 @@ int lsip_open_redis(lua_State *L);
 int lsip_open_srtp(lua_State *L);
 void lsip_srtp_close(void);       /* srtp.c, at lua_close (core.c) */
 int lsip_open_refer(lua_State *L);
+int lsip_open_registrar(lua_State *L);

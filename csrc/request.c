@@ -96,6 +96,10 @@ bool lsip_request_incoming(struct lsip_ep *ep, const struct sip_msg *msg)
 	struct lsip_req *req;
 	int err;
 
+	/* REGISTERs of a registrar with an in-memory store: C (registrar.c) */
+	if (lsip_registrar_take(ep, msg))
+		return true;
+
 	req = mem_zalloc(sizeof(*req), req_destructor);
 	if (!req) {
 		(void)sip_reply(lsip_ep_sip(ep), msg, 503,

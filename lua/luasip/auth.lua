@@ -52,6 +52,7 @@ local SECRET = random(32)
 
 -- request -> { realm = true, ... } whose Proxy-Authorization it consumed
 local consumed = setmetatable({}, { __mode = "k" })
+_M._secret = SECRET        -- the default nonce key, for the C registrar
 local T_LEN, R_LEN, MAC_LEN = 8, 12, 32
 
 
@@ -128,20 +129,10 @@ local function check_nonce(nonce, realm, secret)
 end
 
 
--- highest nonce count per nonce, two generations
-local nc_new, nc_old, nc_count = {}, {}, 0
-
+-- highest nonce count per nonce, two generations of at most max_nonces
+-- (kept in C, shared with the C registrar: csrc/auth.c)
 local function nc_accept(nonce, nc)
-    local prev = nc_new[nonce] or nc_old[nonce]
-    if prev and nc <= prev then return false end
-    if nc_new[nonce] == nil then
-        nc_count = nc_count + 1
-        if nc_count > _M.defaults.max_nonces then
-            nc_old, nc_new, nc_count = nc_new, {}, 1
-        end
-    end
-    nc_new[nonce] = nc
-    return true
+    return core.nonce_accept(nonce, nc, _M.defaults.max_nonces)
 end
 
 
@@ -160,6 +151,28 @@ local function md5_agent(fname, obj, opts)
         if ua:find(p) then return true end
     end
     return false
+end
+
+
+--- A function(user_agent) -> true for clients to be offered MD5 alone,
+-- under opts.md5_agents (default `defaults.md5_agents`), or nil when
+-- there are no such patterns (for the registrar's C path).
+function _M.md5_agent_matcher(opts)
+    local pats = opts.md5_agents
+    if pats == nil then pats = _M.defaults.md5_agents end
+    if type(pats) ~= "table" then badopt("registrar", "md5_agents", "list of Lua patterns", type(pats), 4) end
+    if #pats == 0 then return nil end
+    for i, p in ipairs(pats) do
+        if type(p) ~= "string" then
+            badopt("registrar", "md5_agents", ("Lua pattern at [%d]"):format(i), type(p), 4)
+        end
+    end
+    return function(ua)
+        for _, p in ipairs(pats) do
+            if ua:find(p) then return true end
+        end
+        return false
+    end
 end
 
 

@@ -224,6 +224,7 @@ function EP.on(ep, method, fn)
     end
     if fn ~= nil and type(fn) ~= "function" then argerror("on", 2, "function", type(fn)) end
     state.handlers[method] = fn
+    if method == "REGISTER" then core.registrar_detach(ep) end   -- a new handler decides
     return ep
 end
 

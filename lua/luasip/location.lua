@@ -27,7 +27,8 @@
 --   * `updated`    number: when it was last written (seconds since the epoch)
 --
 -- The store owns what it is given: `put` keeps (a copy of) the table and
--- `get` returns tables the caller must not modify.
+-- `get` returns tables the caller must not modify. The memory store keeps
+-- the fields listed above only.
 --
 -- The store interface:
 --
@@ -48,36 +49,19 @@ local core = require "luasip.core"
 local sched = require "luasip.sched"
 
 local type, pairs, ipairs, tostring, tonumber = type, pairs, ipairs, tostring, tonumber
-local error, setmetatable, next = error, setmetatable, next
+local error, setmetatable, getmetatable = error, setmetatable, getmetatable
 local concat, sort = table.concat, table.sort
-local mono = core.now
 
 local _M = { _VERSION = core._VERSION }
 
 
--- wall clock with the monotonic clock's resolution: os.time() is whole
--- seconds; bindings expire on absolute (epoch) times so that a file or a
--- shared backend can outlive the process
-local base_wall, base_mono = os.time(), mono()
-
-
---- Seconds since the epoch, as a float (the clock bindings expire on).
+--- Seconds since the epoch, as a float (the clock bindings expire on):
+-- the wall clock at load time plus the monotonic clock since (bindings
+-- expire on absolute times so that a file or a shared backend can
+-- outlive the process). Shared with the C registrar (csrc/registrar.c).
+-- @function now
 -- @treturn number
-function _M.now()
-    return base_wall + (mono() - base_mono)
-end
-
-
-local function copy(b)
-    local c = {}
-    for k, v in pairs(b) do c[k] = v end
-    if type(b.path) == "table" then
-        local p = {}
-        for i, v in ipairs(b.path) do p[i] = v end
-        c.path = p
-    end
-    return c
-end
+_M.now = core.location_now
 
 
 ---------------------------------------------------------------- file format
@@ -166,9 +150,13 @@ MEM.__index = MEM
 MEM.__name = "luasip.location.memory"
 
 local open_stores = setmetatable({}, { __mode = "k" })   -- flushed at stop
+local changed       -- marks a file store dirty; defined below
 
 
 --- The embedded store: bindings in memory, optionally persisted to a file.
+--
+-- The bindings live in a C table (csrc/registrar.c) and expire on
+-- timers; a registrar whose store is this one answers REGISTERs in C.
 --
 -- With `file`, the bindings are loaded from it at creation (expired ones
 -- are dropped) and every change is written back atomically (a temporary
@@ -195,8 +183,7 @@ function _M.memory(opts)
         error("luasip.location.memory: flush: seconds >= 0 expected, got " .. tostring(flush), 2)
     end
     local self = setmetatable({
-        aors = {},          -- aor -> { key -> binding }
-        n = 0,
+        c = core.location_table(),
         file = file,
         flush_delay = flush,
         dirty = false,
@@ -205,8 +192,25 @@ function _M.memory(opts)
         local ok, err = self:load()
         if not ok then error("luasip.location.memory: " .. err, 2) end
         open_stores[self] = true
+        -- changes the C registrar makes mark the file dirty too (through
+        -- a weak reference: the table must not keep the store alive)
+        local weak = setmetatable({ s = self }, { __mode = "v" })
+        self.c:on_change(function()
+            local s = weak.s
+            if s then
+                local cok, cerr = changed(s)
+                if not cok then sched.log("location: " .. tostring(s.file) .. ": " .. tostring(cerr)) end
+            end
+        end)
     end
     return self
+end
+
+
+--- The C table of a memory store (for the C registrar), or nil.
+function _M._c_of(store)
+    if getmetatable(store) == MEM then return store.c end
+    return nil
 end
 
 
@@ -217,7 +221,7 @@ function MEM:load()
         if code == 2 then return true end          -- ENOENT: a new store
         return nil, err
     end
-    local now, n = _M.now(), 0
+    local now = _M.now()
     local first = true
     for line in f:lines() do
         if first then
@@ -232,16 +236,10 @@ function MEM:load()
                 f:close()
                 return nil, self.file .. ": bad line: " .. line:sub(1, 80)
             end
-            if b.expires > now then
-                local t = self.aors[aor]
-                if not t then t = {}; self.aors[aor] = t end
-                if not t[b.key] then n = n + 1 end
-                t[b.key] = b
-            end
+            if b.expires > now then self.c:put(aor, b) end
         end
     end
     f:close()
-    self.n = n
     return true
 end
 
@@ -256,8 +254,9 @@ function MEM:flush()
     local f, err = io.open(tmp, "wb")
     if not f then return nil, err end
     local out = { HEADER }
-    for aor, t in pairs(self.aors) do
-        for _, b in pairs(t) do
+    local c = self.c
+    for _, aor in ipairs(c:aor_list()) do
+        for _, b in ipairs(c:get(aor)) do
             if b.expires > now then out[#out + 1] = encode_line(aor, b) end
         end
     end
@@ -274,7 +273,7 @@ function MEM:flush()
 end
 
 
-local function changed(self)
+function changed(self)
     if not self.file then return true end
     self.dirty = true
     if self.flush_delay == 0 then return self:flush() end
@@ -300,12 +299,7 @@ end
 
 --- Bindings of aor (see the module description).
 function MEM:get(aor)
-    local t = self.aors[aor]
-    local list = {}
-    if t then
-        for _, b in pairs(t) do list[#list + 1] = b end
-    end
-    return list
+    return self.c:get(aor)
 end
 
 
@@ -314,65 +308,43 @@ function MEM:put(aor, binding)
     if type(binding) ~= "table" or type(binding.key) ~= "string" then
         error("bad argument #2 to 'put' (binding with a key expected)", 2)
     end
-    local t = self.aors[aor]
-    if not t then t = {}; self.aors[aor] = t end
-    if not t[binding.key] then self.n = self.n + 1 end
-    t[binding.key] = copy(binding)
+    self.c:put(aor, binding)
     return changed(self)
 end
 
 
 --- Remove the binding of aor with this key.
 function MEM:remove(aor, key)
-    local t = self.aors[aor]
-    if t and t[key] then
-        t[key] = nil
-        self.n = self.n - 1
-        if next(t) == nil then self.aors[aor] = nil end
-        return changed(self)
-    end
+    if self.c:remove(aor, key) then return changed(self) end
     return true
 end
 
 
 --- Remove every binding of aor.
 function MEM:remove_all(aor)
-    local t = self.aors[aor]
-    if not t then return true end
-    for _ in pairs(t) do self.n = self.n - 1 end
-    self.aors[aor] = nil
-    return changed(self)
+    if self.c:remove_all(aor) > 0 then return changed(self) end
+    return true
 end
 
 
---- Remove the bindings that expired at `now`; returns how many.
+--- Remove the bindings that expired at `now`; returns how many (also
+-- those the expiry timers removed since the last call).
 function MEM:expire(now)
-    local removed = 0
-    for aor, t in pairs(self.aors) do
-        for key, b in pairs(t) do
-            if b.expires <= now then
-                t[key] = nil
-                removed = removed + 1
-            end
-        end
-        if next(t) == nil then self.aors[aor] = nil end
-    end
-    self.n = self.n - removed
+    local removed = self.c:expire(now)
     if removed > 0 then changed(self) end
     return removed
 end
 
 
---- Number of bindings held (expired ones not yet swept included).
+--- Number of bindings held (expired ones not yet removed included).
 function MEM:count()
-    return self.n
+    return self.c:count()
 end
 
 
 --- The AORs held, sorted.
 function MEM:aor_list()
-    local list = {}
-    for aor in pairs(self.aors) do list[#list + 1] = aor end
+    local list = self.c:aor_list()
     sort(list)
     return list
 end

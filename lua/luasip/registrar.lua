@@ -9,11 +9,20 @@
 -- default, optionally persisted to a file; any object with the store
 -- interface fits). Store methods may yield, so `handle` and `lookup` must
 -- run in a task (request handlers always do).
+--
+-- With the memory store (the default) the common path is C
+-- (csrc/registrar.c, core.registrar_c): an attached endpoint's REGISTERs
+-- are answered inside the event loop without a request object or task,
+-- and `handle` runs the same C code. It answers exactly as the Lua code
+-- below, which serves every other store; `auth` is called for each
+-- REGISTER with credentials, and if it needs to wait (a database lookup)
+-- the registrar hands that and every later REGISTER to the Lua path.
 -- @module luasip.registrar
 
 local core = require "luasip.core"
 local sched = require "luasip.sched"
 local location = require "luasip.location"
+local auth_mod = require "luasip.auth"
 
 local type, tostring, tonumber, error, pairs, ipairs = type, tostring, tonumber, error, pairs, ipairs
 local setmetatable = setmetatable
@@ -339,11 +348,59 @@ function _M.new(opts)
         digest = digest,
         on_change = opts.on_change,
         sweep = sweep,
-        stats = { requests = 0, ok = 0, failed = 0, expired = 0 },
+        _lstats = { requests = 0, ok = 0, failed = 0, expired = 0 },
         locks = {},
     }, R)
+    self.c = self:_c_path(opts, digest)
+    -- counts of both paths: the C one answers most REGISTERs of a memory store
+    local lstats, c = self._lstats, self.c
+    self.stats = setmetatable({}, { __index = function(_, k)
+        local v = lstats[k]
+        if c and v then
+            local req, ok, failed = c:stats()
+            v = v + (k == "requests" and req or k == "ok" and ok or k == "failed" and failed or 0)
+        end
+        return v
+    end })
     self:_start_sweep()
     return self
+end
+
+
+-- The C registrar (csrc/registrar.c) for a memory store: REGISTERs of an
+-- attached endpoint are answered without a task; nil for other stores or
+-- digest options it cannot take (the Lua path then reports them)
+function R:_c_path(opts, digest)
+    local ctab = location._c_of(self.store)
+    if not ctab then return nil end
+    local domains
+    if self.domains then
+        domains = {}
+        for d in pairs(self.domains) do domains[#domains + 1] = d end
+    end
+    local on_change = self.on_change
+    local ok, c = pcall(core.registrar_c, ctab, {
+        min_expires = self.min_expires,
+        max_expires = self.max_expires,
+        default_expires = self.default_expires,
+        domains = domains,
+        realm = self.realm,
+        auth = self.auth,
+        secret = digest.secret or auth_mod._secret,
+        accept = digest.algorithms or { "SHA-512-256", "SHA-256", "MD5" },
+        offer = digest.algorithms or auth_mod.defaults.algorithms,
+        nonce_ttl = digest.nonce_ttl or auth_mod.defaults.nonce_ttl,
+        max_nonces = auth_mod.defaults.max_nonces,
+        check_uri = digest.check_uri ~= false,
+        -- clients that fail on any challenge but MD5 (luasip.auth md5_agents)
+        md5_agent = auth_mod.md5_agent_matcher(digest),
+        -- after a change the C path made: on_change in a task of its own
+        notify = on_change and function(aor, bindings)
+            sched.spawn(on_change, aor, bindings)
+        end,
+    })
+    if not ok then return nil end
+    return c
 end
 
 
@@ -360,7 +417,7 @@ function R:_start_sweep()
         if not ok then
             sched.log("registrar: store:expire: " .. tostring(n))
         elseif type(n) == "number" then
-            r.stats.expired = r.stats.expired + n
+            r._lstats.expired = r._lstats.expired + n
         end
         if not r.closed then t:start(r.sweep) end
     end)
@@ -379,6 +436,7 @@ function R:close()
         self.timer:close()
         self.timer = nil
     end
+    if self.c then self.c:close() end
     local ok, flush = pcall(function() return self.store.flush end)
     if ok and type(flush) == "function" then
         local fok, err = pcall(flush, self.store)
@@ -393,12 +451,13 @@ end
 -- @return self
 function R:attach(ep)
     ep:on("REGISTER", function(req) self:handle(req) end)
+    if self.c then self.c:attach(ep) end     -- answered in C when it can
     return self
 end
 
 
 local function reply(self, req, code, reason, headers)
-    if code >= 300 then self.stats.failed = self.stats.failed + 1 end
+    if code >= 300 then self._lstats.failed = self._lstats.failed + 1 end
     req:reply(code, reason, headers)
     return code
 end
@@ -413,7 +472,7 @@ local function authenticate(self, req, aor_user, realm)
         -- missing, stale, wrong or replayed credentials: a fresh challenge
         opts.stale = why == "stale"
         if not req.replied then req:challenge(opts) end
-        self.stats.failed = self.stats.failed + 1
+        self._lstats.failed = self._lstats.failed + 1
         return nil
     end
     if user ~= aor_user then
@@ -478,11 +537,22 @@ end
 -- @return the status sent and, after a 200, the current bindings
 --   (as from `lookup`)
 function R:handle(req)
-    self.stats.requests = self.stats.requests + 1
+    self._lstats.requests = self._lstats.requests + 1
     if req.method ~= "REGISTER" then
         return reply(self, req, 405, "Method Not Allowed", { Allow = "REGISTER" })
     end
     if self.closed then return reply(self, req, 503, "Service Unavailable") end
+    local c = self.c
+    if c and not c.fallback then
+        -- the C path (same rules); nil when the auth lookup needs a task
+        local status, bindings, changed, aor = c:handle(req)
+        if status then
+            self._lstats.requests = self._lstats.requests - 1   -- counted in C
+            if status ~= 200 then return status end
+            if changed and self.on_change then self.on_change(aor, bindings) end
+            return 200, bindings
+        end
+    end
 
     -- step 2: extensions
     local required = req:header_all("Require")
@@ -689,7 +759,7 @@ function R:_update(req, aor, star, ncontacts, wanted, hexp, call_id, cseq)
         local p = req:header_all("Path")
         if #p > 0 then headers.Path = p end
     end
-    self.stats.ok = self.stats.ok + 1
+    self._lstats.ok = self._lstats.ok + 1
     req:reply(200, "OK", headers)
     return 200, { changed = changed, bindings = self:_export(bindings, now) }
 end
@@ -721,6 +791,7 @@ function R:lookup(uri)
     if not aor then
         error(("bad argument #1 to 'lookup' (SIP URI expected, got %s)"):format(tostring(uri)), 2)
     end
+    if self.c then return self.c:lookup(aor) end
     local ok, list, lerr = pcall(self.store.get, self.store, aor)
     if not ok then return nil, tostring(list) end
     if not list then return nil, lerr end
