@@ -244,11 +244,10 @@ run_step() {
         if grep -q '^all_up' "$clog"; then up=1; break; fi
         sleep 0.1
     done
-    local n1=0 n2=0 c1=0 c2=0 k1=0 k2=0 t1 t2 rss_held=nan held=0 w1=0 w2=0 v1=0 v2=0 u1=0 u2=0 h2=0
+    local n1=0 n2=0 c1=0 c2=0 k1=0 k2=0 t1 t2 rss_held=nan held=0 w1=0 w2=0 v1=0 v2=0 u1=0 u2=0
     if ((up)); then
         sleep 1
         n1=$(ticks_in "$slog") m1=$(ticks_in "$clog")
-        held=$(last_kv "$slog" "tick " live)
         c1=$(cpu_ticks "$SERVER_PID" || echo 0) k1=$(cpu_ticks "$CALLER_PID" || echo 0)
         read -r w1 v1 <<<"$(sched_wait "$SERVER_PID")"
         u1=$(sys_ticks "$SERVER_PID")
@@ -260,8 +259,11 @@ run_step() {
         t2=$(now_ns)
         n2=$(ticks_in "$slog") m2=$(ticks_in "$clog")
         rss_held=$(rss_kb "$SERVER_PID" || echo nan)
-        h2=$(last_kv "$slog" "tick " live)
-        ((h2 >= held)) || held=$h2         # calls up through the whole window
+        # calls up through the whole window: the fewest the server
+        # reported in the lines it printed during the window
+        held=$(awk -v a=$((n1 + 1)) -v b="$n2" '/^tick / { if (++t < a || t > b) next
+                for (i = 1; i <= NF; i++) if (index($i, "live=") == 1) { v = substr($i, 6) + 0; if (m == "" || v < m) m = v } }
+            END { print (m == "") ? 0 : m }' "$slog")
     else
         t1=$(now_ns) t2=$t1 m1=0 m2=0
     fi
@@ -276,6 +278,8 @@ run_step() {
     local rss_after server_alive=1
     rss_after=$(rss_kb "$SERVER_PID" 2>/dev/null) || { rss_after=nan; server_alive=0; }
     local udp_drops=$(($(udp_rcvbuf_errors) - udp0))
+    local media_after lua_after
+    media_after=$(last_kv "$slog" "tick " media) lua_after=$(last_kv "$slog" "tick " lua_kb)
     stop_server
 
     # recordings: files and mean length (16-bit 8 kHz: 16000 bytes/s after a 44-byte header)
@@ -318,7 +322,7 @@ run_step() {
     if [[ $mode == srtp && ${srtp_calls:-0} != "$n" ]]; then STEP_PASS=0; why+=",srtp_calls_${srtp_calls:-0}"; fi
     ((server_alive)) || { STEP_PASS=0; why+=",server_died"; }
 
-    STEP_LINE="media mode=$mode calls=$n attempt=$attempt held=$held ok=$ok failed=$failed srv_done=$srv_done srv_failed=$srv_failed server_cpu=$scpu server_sys=$ssys caller_cpu=$ccpu us_per_call_s=$uspc rss_idle_kb=$rss_idle rss_held_kb=$rss_held rss_after_kb=$rss_after kb_per_call=$kbpc after_growth_kb=$growth tx_n=$tx_n tx_p50_ms=$tx_p50 tx_p99_ms=$tx_p99 tx_p999_ms=$tx_p999 tx_max_ms=$tx_max rx_n=$rx_n rx_p50_ms=$rx_p50 rx_p99_ms=$rx_p99 rx_p999_ms=$rx_p999 rx_max_ms=$rx_max srv_tx=${srv_tx:-0} srv_rx=${srv_rx:-0} srv_lost=${srv_lost:-nan} clr_tx=${clr_tx:-0} clr_rx=${clr_rx:-0} clr_lost=${clr_lost:-nan} udp_drops=$udp_drops rec_files=$rec_files rec_avg_s=$rec_avg srv_runq_wait_ms=$(((w2 - w1) / 1000000)) srv_preempted=$((v2 - v1)) srtp_calls=${srtp_calls:-0} pass=$STEP_PASS${why:+ why=${why#,}}"
+    STEP_LINE="media mode=$mode calls=$n attempt=$attempt held=$held ok=$ok failed=$failed srv_done=$srv_done srv_failed=$srv_failed server_cpu=$scpu server_sys=$ssys caller_cpu=$ccpu us_per_call_s=$uspc rss_idle_kb=$rss_idle rss_held_kb=$rss_held rss_after_kb=$rss_after media_after=${media_after:-nan} lua_kb_after=${lua_after:-nan} kb_per_call=$kbpc after_growth_kb=$growth tx_n=$tx_n tx_p50_ms=$tx_p50 tx_p99_ms=$tx_p99 tx_p999_ms=$tx_p999 tx_max_ms=$tx_max rx_n=$rx_n rx_p50_ms=$rx_p50 rx_p99_ms=$rx_p99 rx_p999_ms=$rx_p999 rx_max_ms=$rx_max srv_tx=${srv_tx:-0} srv_rx=${srv_rx:-0} srv_lost=${srv_lost:-nan} clr_tx=${clr_tx:-0} clr_rx=${clr_rx:-0} clr_lost=${clr_lost:-nan} udp_drops=$udp_drops rec_files=$rec_files rec_avg_s=$rec_avg srv_runq_wait_ms=$(((w2 - w1) / 1000000)) srv_preempted=$((v2 - v1)) srtp_calls=${srtp_calls:-0} pass=$STEP_PASS${why:+ why=${why#,}}"
     echo "$STEP_LINE"
     return 0
 }
@@ -328,9 +332,9 @@ run_step() {
 # BENCH_MEDIA_SETTLE s after each round. Memory a call leaves behind
 # grows from round to round; the allocator's free lists and Lua's heap do
 # not.  Prints "media_repeat mode=.. calls=.. rounds=.. rss_idle_kb=..
-# rss_after_kb=r1,r2,.. growth_kb=(last - first) failed=.."
+# rss_after_kb=r1,r2,.. growth_kb=(last - first) lua_kb_after=.. media_after=.. failed=.."
 repeat_check() {
-    local mode=$1 n=$2 rounds=$3 hold=5 r list="" first="" last="" failed=0
+    local mode=$1 n=$2 rounds=$3 hold=5 r list="" first="" last="" failed=0 lua_list="" media_list=""
     local srtp_arg
     srtp_arg=$([[ $mode == srtp ]] && echo mandatory || echo off)
     rm -rf "${REC_DIR:?}"/*
@@ -364,9 +368,11 @@ repeat_check() {
         last=$(rss_kb "$SERVER_PID" || echo 0)
         [[ -n $first ]] || first=$last
         list+="${list:+,}$last"
+        lua_list+="${lua_list:+,}$(last_kv "$OUT/server-repeat-$mode.log" "tick " lua_kb)"
+        media_list+="${media_list:+,}$(last_kv "$OUT/server-repeat-$mode.log" "tick " media)"
     done
     stop_server
-    echo "media_repeat mode=$mode calls=$n rounds=$rounds rss_idle_kb=$idle rss_after_kb=$list growth_kb=$((last - first)) failed=$failed"
+    echo "media_repeat mode=$mode calls=$n rounds=$rounds rss_idle_kb=$idle rss_after_kb=$list growth_kb=$((last - first)) lua_kb_after=$lua_list media_after=$media_list failed=$failed"
 }
 
 # ------------------------------------------------------------------ modes

@@ -458,6 +458,14 @@ SRTP: ${srtp_line:-not run}
 |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|
 $(media_rows)
 
+Memory after repeated rounds (one server, rounds of calls held 5 s one
+after the other, RSS ${BENCH_MEDIA_SETTLE:-12} s after each round, after a full Lua garbage
+collection; a leak grows from round to round):
+
+$(grep '^media_repeat ' "$BENCH_OUT/media.txt" 2>/dev/null | while read -r l; do
+    echo "- $(kv mode <<<"$l"): $(kv rounds <<<"$l") rounds of $(kv calls <<<"$l") calls: RSS idle $(kv rss_idle_kb <<<"$l") kB, after each round $(kv rss_after_kb <<<"$l") kB (last - first: $(kv growth_kb <<<"$l") kB); Lua heap $(kv lua_kb_after <<<"$l") kB; live media objects $(kv media_after <<<"$l"); failed calls $(kv failed <<<"$l")."
+done)
+
 CPU per call, plain RTP vs SRTP (target: SRTP under 25% extra):
 
 | calls | server CPU % plain | server CPU % SRTP | µs/call-s plain | µs/call-s SRTP | SRTP extra | |

@@ -8,13 +8,16 @@
 --
 -- Prints "listening on sip:ivr@127.0.0.1:PORT" when ready, then once a
 -- second (and flushed) a line
---   tick live=.. peak=.. done=.. failed=.. media=.. tx=.. rx=.. lost=..
+--   tick live=.. peak=.. done=.. failed=.. media=.. lua_kb=.. tx=.. rx=.. lost=..
 --        rx_dropped=.. srtp=.. txn=.. txmax=.. txh=k:c,.. rxn=.. rxmax=.. rxh=k:c,..
 -- live: calls answered and not yet ended; done: calls ended after their
 -- HOLD; tx/rx/lost/rx_dropped/srtp: sums of media_stats over the done
 -- calls (srtp: calls whose media_stats.srtp names a suite); txh/rxh: the
 -- histograms of send and arrival intervals (core.media_intervals, bins of
--- bin_us) since the previous line, which reset them. Serves until killed.
+-- bin_us) since the previous line, which reset them; media: live media
+-- objects in C; lua_kb: the Lua heap. When the last call has ended it
+-- runs a full garbage collection (so RSS then shows memory still held).
+-- Serves until killed.
 local sip = require "luasip"
 local core = require "luasip.core"
 
@@ -27,6 +30,7 @@ local srtp = arg[7] or "off"
 assert(srtp == "off" or srtp == "mandatory", usage)
 
 local live, peak, done, failed, seq = 0, 0, 0, 0, 0
+local idle_gc = false
 local tot = { tx = 0, rx = 0, lost = 0, rx_dropped = 0, srtp = 0 }
 
 local function hist(h)
@@ -61,6 +65,7 @@ sip.run(function()
             if r ~= true then ended = err ~= "timeout"; break end
         end
         live = live - 1
+        if live == 0 then idle_gc = true end
         local st = call.media_stats
         if ended or not st then
             failed = failed + 1                 -- the caller left early
@@ -78,10 +83,17 @@ sip.run(function()
 
     while true do
         sip.sleep(1)
+        if idle_gc and live == 0 then
+            -- all calls ended: a full collection, so that RSS "after"
+            -- shows memory still held, not garbage Lua has not swept yet
+            idle_gc = false
+            collectgarbage()
+            collectgarbage()
+        end
         local iv = core.media_intervals(true)
-        print(("tick live=%d peak=%d done=%d failed=%d media=%d tx=%d rx=%d lost=%d rx_dropped=%d srtp=%d "
+        print(("tick live=%d peak=%d done=%d failed=%d media=%d lua_kb=%d tx=%d rx=%d lost=%d rx_dropped=%d srtp=%d "
                .. "bin_us=%d txn=%d txmax=%d txh=%s rxn=%d rxmax=%d rxh=%s"):format(
-            live, peak, done, failed, core.media_count(), tot.tx, tot.rx, tot.lost, tot.rx_dropped, tot.srtp,
+            live, peak, done, failed, core.media_count(), collectgarbage("count"), tot.tx, tot.rx, tot.lost, tot.rx_dropped, tot.srtp,
             iv.bin_us, iv.tx.n, iv.tx.max_us, hist(iv.tx), iv.rx.n, iv.rx.max_us, hist(iv.rx)))
         io.stdout:flush()
     end
