@@ -93,7 +93,7 @@ sip.run(function()
         local iv = core.media_intervals(true)
         print(("tick live=%d peak=%d done=%d failed=%d media=%d lua_kb=%d tx=%d rx=%d lost=%d rx_dropped=%d srtp=%d "
                .. "bin_us=%d txn=%d txmax=%d txh=%s rxn=%d rxmax=%d rxh=%s"):format(
-            live, peak, done, failed, core.media_count(), collectgarbage("count"), tot.tx, tot.rx, tot.lost, tot.rx_dropped, tot.srtp,
+            live, peak, done, failed, core.media_count(), math.floor(collectgarbage("count")), tot.tx, tot.rx, tot.lost, tot.rx_dropped, tot.srtp,
             iv.bin_us, iv.tx.n, iv.tx.max_us, hist(iv.tx), iv.rx.n, iv.rx.max_us, hist(iv.rx)))
         io.stdout:flush()
     end
