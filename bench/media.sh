@@ -57,6 +57,8 @@
 #                       libre picks ports at random, 64 tries, so each
 #                       range must be well over twice the calls)
 #   BENCH_MEDIA_SERVER_CPU / BENCH_MEDIA_CALLER_CPU   cores (1 / 0)
+#   BENCH_MEDIA_REC_PARENT  where the recordings directory is made (/tmp;
+#                       /dev/shm takes the disk out of the measurement)
 #   BENCH_RETRIES, BENCH_OUT as for callrate.sh
 set -euo pipefail
 # shellcheck source=bench/lib.sh
@@ -107,7 +109,7 @@ fi
 
 OUT=$BENCH_OUT/media
 mkdir -p "$OUT"
-REC_DIR=$(mktemp -d /tmp/luasip-media-rec.XXXXXX)
+REC_DIR=$(mktemp -d "${BENCH_MEDIA_REC_PARENT:-/tmp}/luasip-media-rec.XXXXXX")
 CALLER_PID=""
 media_cleanup() {
     if [[ -n $CALLER_PID ]]; then kill_pid "$CALLER_PID"; fi
