@@ -210,6 +210,16 @@ server_cmd() {
             "$LUA" "$BENCH_DIR/luasip/registrar.lua" "$base" "$SERVER_USERS" "$SERVER_AUTH")
         SERVER_READY=listening
         ;;
+    luasip-ivr)
+        # bench/media.sh: bench/luasip/ivr.lua, pinned to one core
+        # (SERVER_TASKSET, e.g. "taskset -c 1", or empty); SERVER_IVR_ARGS:
+        # RTP_MIN RTP_MAX PROMPT REC_DIR HOLD off|mandatory
+        # shellcheck disable=SC2206
+        SERVER_CMD=(env "LUA_PATH=$LUAP" "LUA_PATH_5_4=$LUAP"
+            "LUA_CPATH=$LUACP" "LUA_CPATH_5_4=$LUACP" $SERVER_TASKSET
+            "$LUA" "$BENCH_DIR/luasip/ivr.lua" "$base" "${SERVER_IVR_ARGS[@]}")
+        SERVER_READY=listening
+        ;;
     kamailio-proxy | kamailio-registrar)
         local role=${kind#kamailio-} envs=()
         if [[ $role == proxy ]]; then
@@ -225,7 +235,7 @@ server_cmd() {
             -A "KEMI_SCRIPT=\"$BENCH_DIR/kamailio/$role.lua\"")
         SERVER_READY=ping
         ;;
-    *) die "unknown server kind '$kind' (want luasip, sipp-uas, luasip-proxy, luasip-registrar, kamailio-proxy or kamailio-registrar)" ;;
+    *) die "unknown server kind '$kind' (want luasip, sipp-uas, luasip-proxy, luasip-registrar, luasip-ivr, kamailio-proxy or kamailio-registrar)" ;;
     esac
 }
 

@@ -8,11 +8,14 @@
 #                                               stateful proxy), luasip vs Kamailio
 #  5. bench/register.sh luasip|kamailio noauth|auth   REGISTER rate, new users,
 #                                               without and with digest auth
-#  6. writes bench/RESULTS.md (overwritten); raw output in bench/out/
+#  6. bench/media.sh both                     concurrent G.711 calls playing and
+#                                               recording against one IVR process,
+#                                               plain RTP and SRTP
+#  7. writes bench/RESULTS.md (overwritten); raw output in bench/out/
 #
 # Takes about 12-15 minutes.  Everything stays on 127.0.0.1.
-# Environment: see callrate.sh, memory.sh, proxy.sh and register.sh;
-# BENCH_PARTS (default "callrate memory proxy register") runs only some
+# Environment: see callrate.sh, memory.sh, proxy.sh, register.sh and media.sh;
+# BENCH_PARTS (default "callrate memory proxy register media") runs only some
 # parts (RESULTS.md then says which were not run); BENCH_FAKE_LUASIP=1 runs
 # the callrate/memory "luasip" parts against sipp's uas (to test the
 # scripts without luasip); BENCH_STRICT=1 makes the exit status 1 when a
@@ -27,15 +30,15 @@ need_cmd "$SIPP" ss awk getconf timeout
 check_luasip_built
 
 RESULTS=${BENCH_RESULTS:-$BENCH_DIR/RESULTS.md}
-PARTS=${BENCH_PARTS:-callrate memory proxy register}
+PARTS=${BENCH_PARTS:-callrate memory proxy register media}
 has_part() { [[ " $PARTS " == *" $1 "* ]]; }
 for p in $PARTS; do
-    [[ $p == callrate || $p == memory || $p == proxy || $p == register ]] ||
-        die "BENCH_PARTS: unknown part '$p' (callrate memory proxy register)"
+    [[ $p == callrate || $p == memory || $p == proxy || $p == register || $p == media ]] ||
+        die "BENCH_PARTS: unknown part '$p' (callrate memory proxy register media)"
 done
 mkdir -p "$BENCH_OUT"
 rm -rf "$BENCH_OUT"/callrate-* "$BENCH_OUT"/memory-* "$BENCH_OUT"/proxy-* \
-    "$BENCH_OUT"/register-* "$BENCH_OUT"/*.txt "$BENCH_OUT"/*.log
+    "$BENCH_OUT"/register-* "$BENCH_OUT"/media "$BENCH_OUT"/*.txt "$BENCH_OUT"/*.log
 T_START=$(date +%s)
 DATE=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
 HAVE_KAMAILIO=0
@@ -57,7 +60,7 @@ part() {  # part NAME TIMEOUT_S CMD...
     track_pid "$pid"
     wait "$pid" || rc=$?
     untrack_pid "$pid"
-    grep -E '^(step|result|mem|proxy|register) ' "$BENCH_OUT/$name.txt" >&2 || true
+    grep -E '^(step|result|mem|proxy|register|media|srtp) ' "$BENCH_OUT/$name.txt" >&2 || true
     ((rc == 0)) || log "$name exited with status $rc (see $BENCH_OUT/$name.log)"
     return 0
 }
@@ -97,6 +100,10 @@ if has_part register; then
             part "register-$k-$a" 240 "$BENCH_DIR/register.sh" "$k" "$a"
         done
     done
+fi
+
+if has_part media; then
+    part media 1200 "$BENCH_DIR/media.sh" both
 fi
 
 T_END=$(date +%s)
@@ -369,6 +376,104 @@ EOF
     fi
 }
 
+
+# ------------------------------------------------------------------ media
+
+# media_rows: the `media` lines of out/media.txt as table rows
+media_rows() {
+    grep '^media ' "$BENCH_OUT/media.txt" 2>/dev/null | while read -r l; do
+        local w step c row="|"
+        w=$(kv why <<<"$l")
+        if [[ $(kv pass <<<"$l") == 1 ]]; then step=pass; else w=${w//_/ }; step="FAIL: ${w//,/, }"; fi
+        for c in mode calls attempt held failed server_cpu server_sys us_per_call_s caller_cpu srv_runq_wait_ms \
+            kb_per_call after_growth_kb tx_p50_ms tx_p99_ms tx_p999_ms tx_max_ms rx_p99_ms srv_lost clr_lost rec_files rec_avg_s; do
+            row+=" $(kv "$c" <<<"$l") |"
+        done
+        echo "$row $step |"
+    done
+}
+
+# media_srtp_rows: CPU per call, plain vs SRTP, at each number of calls
+# that both runs held (their last attempt)
+media_srtp_rows() {
+    awk '
+        function v(k,   i) { for (i = 1; i <= NF; i++) if (index($i, k "=") == 1) return substr($i, length(k) + 2); return "" }
+        /^media / && v("held") == v("calls") && v("us_per_call_s") != "nan" {
+            us[v("mode"), v("calls")] = v("us_per_call_s"); cpu[v("mode"), v("calls")] = v("server_cpu"); n[v("calls")] = 1
+        }
+        END {
+            for (c in n) if ((("plain", c) in us) && (("srtp", c) in us)) {
+                p = us["plain", c]; s = us["srtp", c]
+                printf "| %d | %s | %s | %s | %s | %+.0f %% | %s |\n", c, cpu["plain", c], cpu["srtp", c], p, s,
+                    (s - p) * 100 / p, ((s - p) * 100 / p < 25) ? "pass" : "FAIL"
+            }
+        }' "$BENCH_OUT/media.txt" 2>/dev/null | sort -t'|' -k2 -n
+}
+
+media_report() {
+    if ! has_part media; then
+        printf '\n## Media (concurrent calls with RTP)\n\nNot run (BENCH_PARTS="%s").\n' "$PARTS"
+        return 0
+    fi
+    local rp rs srtp_line best_p best_s
+    rp=$(line_of media '^result mode=plain')
+    rs=$(line_of media '^result mode=srtp')
+    srtp_line=$(line_of media '^srtp ')
+    best_p=$(kv max_calls <<<"$rp")
+    best_s=$(kv max_calls <<<"$rs")
+    cat <<EOF
+
+## Media (concurrent calls with RTP)
+
+bench/media.sh: one luasip IVR process (bench/luasip/ivr.lua, pinned with
+\`taskset\` to one core) answers every call with G.711 PCMU, records what
+the caller sends to a WAV file in /tmp and plays a 3 s prompt WAV (written
+at run time) over and over, then hangs up; one luasip caller process
+(bench/luasip/caller.lua, pinned to the other core) places the calls at
+${BENCH_MEDIA_RATE:-250}/s and sends a tone on each. A fresh server per step. Once all
+calls are up, ${BENCH_MEDIA_WINDOW:-8} s are measured: CPU of both processes (% of one core;
+"sys" is the kernel's part of the server's), the time the server waited
+for its core while runnable (other processes on this shared machine),
+RSS. Send intervals are taken by the server in C right after each RTP
+send (|interval - 20 ms| at p50/p99/p99.9, and the longest interval);
+"rx p99" is the same at the caller's receive handler, its own load
+included. Loss is media_stats' \`lost\` (expected from sequence numbers
+minus received) summed over all calls, server and caller side. KB/call =
+(RSS with all calls up - RSS idle) / calls; "RSS after" = RSS ${BENCH_MEDIA_SETTLE:-12} s after
+the last call ended minus RSS idle. µs/call-s = server CPU µs per second
+of one call (50 packets each way). A step passes when every call was
+held and ended normally, p99 ≤ 2 ms and nothing was lost.
+
+| measure | plain RTP | SRTP | target |
+|---|---:|---:|---|
+| most concurrent calls meeting the targets | ${best_p:-not run} | ${best_s:-not run} | 1000 |
+| server CPU % there | $(kv server_cpu <<<"$rp") | $(kv server_cpu <<<"$rs") | |
+| server CPU µs per call-second there | $(kv us_per_call_s <<<"$rp") | $(kv us_per_call_s <<<"$rs") | |
+| send interval deviation p99 there (ms) | $(kv tx_p99_ms <<<"$rp") | $(kv tx_p99_ms <<<"$rs") | ≤ 2 |
+| RSS per call there (KB) | $(kv kb_per_call <<<"$rp") | $(kv kb_per_call <<<"$rs") | < 128 |
+
+SRTP: ${srtp_line:-not run}
+
+| mode | calls | try | held | failed | server CPU % | of which sys % | µs/call-s | caller CPU % | server run-queue wait ms | KB/call | RSS after, kB | tx p50 ms | tx p99 ms | tx p99.9 ms | longest interval ms | rx p99 ms | lost (server) | lost (caller) | recordings | recorded s (mean) | step |
+|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|
+$(media_rows)
+
+Memory after repeated rounds (one server, rounds of calls held 5 s one
+after the other, RSS ${BENCH_MEDIA_SETTLE:-12} s after each round, after a full Lua garbage
+collection; a leak grows from round to round):
+
+$(grep '^media_repeat ' "$BENCH_OUT/media.txt" 2>/dev/null | while read -r l; do
+    echo "- $(kv mode <<<"$l"): $(kv rounds <<<"$l") rounds of $(kv calls <<<"$l") calls: RSS idle $(kv rss_idle_kb <<<"$l") kB, after each round $(kv rss_after_kb <<<"$l") kB (last - first: $(kv growth_kb <<<"$l") kB); Lua heap $(kv lua_kb_after <<<"$l") kB; live media objects $(kv media_after <<<"$l"); failed calls $(kv failed <<<"$l")."
+done)
+
+CPU per call, plain RTP vs SRTP (target: SRTP under 25% extra):
+
+| calls | server CPU % plain | server CPU % SRTP | µs/call-s plain | µs/call-s SRTP | SRTP extra | |
+|---:|---:|---:|---:|---:|---:|---|
+$(media_srtp_rows)
+EOF
+}
+
 {
     cat <<EOF
 # luasip benchmark results
@@ -457,6 +562,7 @@ the better test for memory that grows with every call (a leak).
 EOF
     fi
     reference_report
+    media_report
 } >"$RESULTS"
 
 log "wrote $RESULTS ($((T_END - T_START)) s)"

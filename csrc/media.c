@@ -32,6 +32,8 @@ enum {
 	ECHO_MAX = SRATE / 2,          /* echo buffer: 500 ms */
 	DIGITS_MAX = 64,
 	SILENCE_LEVEL = 300,           /* mean |sample| under this */
+	IV_BIN_US = 100,               /* interval histograms: 0.1 ms bins */
+	IV_BINS = 600,                 /* 0-60 ms, the last bin is ">=" */
 };
 
 enum src_type {
@@ -97,12 +99,32 @@ struct lsip_media {
 	int64_t last_transit;
 	uint64_t arrivals[NARR];  /* us, ring */
 	uint32_t narr;
+	uint64_t last_tx;         /* us of the last packet sent, 0: none */
 
 	int self;                 /* pin while started */
 };
 
 
 static uint32_t media_count;   /* live media structs, for leak checks */
+
+/* gaps between consecutive packets of one media, summed over all media
+ * of the process (bench/media.sh reads them through media_intervals) */
+struct ivhist {
+	uint64_t n, max;          /* max in us */
+	uint32_t bin[IV_BINS + 1];
+};
+static struct ivhist iv_tx, iv_rx;
+
+
+static void iv_add(struct ivhist *h, uint64_t gap)
+{
+	uint64_t k = gap / IV_BIN_US;
+
+	++h->bin[k < IV_BINS ? k : IV_BINS];
+	++h->n;
+	if (gap > h->max)
+		h->max = gap;
+}
 
 
 static uint64_t now_us(void)
@@ -239,6 +261,8 @@ static void rx_stats(struct lsip_media *m, const struct rtp_header *hdr,
 
 	++m->rx_packets;
 	m->rx_bytes += (uint32_t)len;
+	if (m->narr)
+		iv_add(&iv_rx, t - m->arrivals[(m->narr - 1) % NARR]);
 	m->arrivals[m->narr++ % NARR] = t;
 
 	if (!m->rx_seen || hdr->ssrc != m->rx_ssrc) {
@@ -445,6 +469,7 @@ static void send_frame(struct lsip_media *m)
 	struct mbuf *mb;
 	int16_t s[FRAME];
 	bool marker = false, ended;
+	uint8_t *p;
 	size_t i, plen;
 	int err;
 
@@ -460,6 +485,7 @@ static void send_frame(struct lsip_media *m)
 	/* recvonly/inactive (ours or theirs): the clock runs, nothing sent */
 	if (!(sdp_media_dir(m->sm) & SDP_SENDONLY) || m->rhold) {
 		m->ts += FRAME;
+		m->last_tx = 0;
 		return;
 	}
 
@@ -483,12 +509,19 @@ static void send_frame(struct lsip_media *m)
 			m->ev_active = false;
 			m->marker = true;
 		}
-		mb->pos = mb->end = RTP_HEADER_SIZE;
-		for (i = 0; i < FRAME; i++)
-			(void)mbuf_write_u8(mb, m->tx_pt == CODEC_PCMU ?
-					    g711_pcm2ulaw(s[i]) :
-					    g711_pcm2alaw(s[i]));
+		/* encode in place: mbuf_write_u8 per sample cost more than
+		 * the rest of the packet (callgrind, bench/media.sh) */
+		p = mb->buf + RTP_HEADER_SIZE;
+		if (m->tx_pt == CODEC_PCMU) {
+			for (i = 0; i < FRAME; i++)
+				p[i] = g711_pcm2ulaw(s[i]);
+		}
+		else {
+			for (i = 0; i < FRAME; i++)
+				p[i] = g711_pcm2alaw(s[i]);
+		}
 		mb->pos = RTP_HEADER_SIZE;
+		mb->end = RTP_HEADER_SIZE + FRAME;
 		plen = FRAME;
 		err = rtp_send(m->rtp, &m->raddr, false, m->marker,
 			       (uint8_t)m->tx_pt, m->ts, mb);
@@ -496,6 +529,11 @@ static void send_frame(struct lsip_media *m)
 	}
 
 	if (!err) {
+		uint64_t t = now_us();
+
+		if (m->last_tx)
+			iv_add(&iv_tx, t - m->last_tx);
+		m->last_tx = t;
 		++m->tx_packets;
 		m->tx_bytes += (uint32_t)plen;   /* payload, no SRTP tag */
 	}
@@ -1582,6 +1620,49 @@ static int l_media_count(lua_State *L)
 }
 
 
+static void push_iv(lua_State *L, struct ivhist *h, const char *name)
+{
+	int k;
+
+	lua_createtable(L, 0, 3);
+	lua_pushinteger(L, (lua_Integer)h->n);
+	lua_setfield(L, -2, "n");
+	lua_pushinteger(L, (lua_Integer)h->max);
+	lua_setfield(L, -2, "max_us");
+	lua_newtable(L);
+	for (k = 0; k <= IV_BINS; k++) {
+		if (!h->bin[k])
+			continue;
+		lua_pushinteger(L, h->bin[k]);
+		lua_rawseti(L, -2, k);
+	}
+	lua_setfield(L, -2, "bins");
+	lua_setfield(L, -2, name);
+}
+
+
+/*
+ * core.media_intervals([reset]) -> { bin_us =, tx = { n =, max_us =,
+ * bins = { [k] = count } }, rx = ... }: gaps between consecutive packets
+ * sent (tx, taken after each send) and received (rx, at the receive
+ * handler) by each media, summed over all media since the last reset;
+ * bin k counts gaps in [k, k + 1) * bin_us, the last bin all longer ones
+ */
+static int l_media_intervals(lua_State *L)
+{
+	lua_createtable(L, 0, 3);
+	lua_pushinteger(L, IV_BIN_US);
+	lua_setfield(L, -2, "bin_us");
+	push_iv(L, &iv_tx, "tx");
+	push_iv(L, &iv_rx, "rx");
+	if (lua_toboolean(L, 1)) {
+		memset(&iv_tx, 0, sizeof(iv_tx));
+		memset(&iv_rx, 0, sizeof(iv_rx));
+	}
+	return 1;
+}
+
+
 /**
  * Register core.media and the luasip.media type
  *
@@ -1624,5 +1705,7 @@ int lsip_open_media(lua_State *L)
 	lua_setfield(L, -2, "media");
 	lua_pushcfunction(L, l_media_count);
 	lua_setfield(L, -2, "media_count");
+	lua_pushcfunction(L, l_media_intervals);
+	lua_setfield(L, -2, "media_intervals");
 	return 0;
 }
