@@ -163,7 +163,15 @@ describe("interop with sipp's RTP", function()
         assert.is_true(beep >= 0.15 and beep <= 0.25, "880 Hz beep for " .. beep .. " s")
         assert.is_true(tone >= 1.8 and tone <= 2.1, "1 kHz echoed for " .. tone .. " s")
         assert.is_true(beep_at < tone_at)
-        assert.near(1000, audio.frequency(heard, 8000, tone_at, tone_at + 8000), 10)
+        -- pitch: the median of five 200 ms windows (one frame lost or
+        -- repeated by the jitter buffer on a loaded machine moves a
+        -- single window by 100 Hz, the median not)
+        local fs = {}
+        for k = 0, 4 do
+            fs[#fs + 1] = audio.frequency(heard, 8000, tone_at + k * 1600, tone_at + (k + 1) * 1600 - 1)
+        end
+        table.sort(fs)
+        assert.near(1000, fs[3], 10)
     end)
 
     teardown(function() os.execute("rm -rf " .. dir) end)
