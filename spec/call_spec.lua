@@ -33,15 +33,7 @@ end
 -- h.run, then let in-flight ACK/BYE land and collect unreachable call
 -- boxes before h.run closes the endpoints (from a timer, not from inside
 -- the receive handler that woke the scenario)
-local function run(fn, seconds)
-    return h.run(function()
-        local ok, err = xpcall(fn, debug.traceback)
-        sip.sleep(0.05)
-        collectgarbage()
-        collectgarbage()
-        if not ok then error(err, 0) end
-    end, seconds)
-end
+local run = h.run_settled
 
 
 -- collect what sched logs (task errors) while fn runs

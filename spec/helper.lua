@@ -38,6 +38,79 @@ function h.run(fn, seconds, ...)
 end
 
 
+--- h.run, then let the loop settle: after fn returns (or fails) the scenario
+-- sleeps 50 ms so BYEs, ACKs and media teardown go out, and collects garbage
+-- twice so after_each checks see every object the scenario dropped.
+function h.run_settled(fn, seconds)
+    return h.run(function()
+        local ok, err = xpcall(fn, debug.traceback)
+        sip.sleep(0.05)
+        collectgarbage()
+        collectgarbage()
+        if not ok then error(err, 0) end
+    end, seconds)
+end
+
+--- A raw UDP UAC for registrar specs, sending REGISTERs whose Call-ID and
+-- CSeq the spec chooses (which ep:request would not let it do), over a
+-- LuaSocket socket to target's first address. uac.register{call_id=,
+-- cseq=, aor= (or to=, default aor), contacts={...}, expires=, extra={lines}}
+-- waits (sleeping in the loop) up to 3 s for the final response and returns
+-- code, headers (lower-case name -> {values}), raw text.
+function h.raw_register_uac(target, aor)
+    local socket = require "socket"
+    local addr = target:addresses()[1]
+    local u = assert(socket.udp())
+    assert(u:setsockname("127.0.0.1", 0))
+    assert(u:setpeername(addr.host, addr.port))
+    u:settimeout(0)
+    local _, lport = u:getsockname()
+    local n = 0
+    local uac = {}
+    function uac.register(o)
+        n = n + 1
+        local to = o.aor or o.to or aor
+        local lines = {
+            ("REGISTER sip:%s:%d SIP/2.0"):format(addr.host, addr.port),
+            ("Via: SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bKraw%d%d;rport"):format(
+                lport, n, math.random(1e6)),
+            "Max-Forwards: 70",
+            ("From: <%s>;tag=raw%d-%d"):format(to, lport, n),
+            ("To: <%s>"):format(to),
+            "Call-ID: " .. o.call_id,
+            ("CSeq: %d REGISTER"):format(o.cseq),
+        }
+        for _, v in ipairs(o.contacts or {}) do lines[#lines + 1] = "Contact: " .. v end
+        if o.expires then lines[#lines + 1] = "Expires: " .. o.expires end
+        for _, l in ipairs(o.extra or {}) do lines[#lines + 1] = l end
+        lines[#lines + 1] = "Content-Length: 0"
+        lines[#lines + 1] = ""
+        lines[#lines + 1] = ""
+        assert(u:send(table.concat(lines, "\r\n")))
+        local dl = sip.now() + 3
+        while sip.now() < dl do
+            local data = u:receive()
+            if data then
+                local code = tonumber(data:match("^SIP/2%.0 (%d+)"))
+                if code and code >= 200 then
+                    local hdrs = {}
+                    for name, value in data:gmatch("\r\n([%w%-]+):%s*([^\r\n]*)") do
+                        name = name:lower()
+                        hdrs[name] = hdrs[name] or {}
+                        table.insert(hdrs[name], value)
+                    end
+                    return code, hdrs, data
+                end
+            else
+                sip.sleep(0.005)
+            end
+        end
+        error("no final response from the registrar")
+    end
+    function uac.close() u:close() end
+    return uac
+end
+
 --- An endpoint on loopback with port 0 for each transport given
 -- (default udp), closed when the scenario ends.
 function h.endpoint(opts)

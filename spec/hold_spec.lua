@@ -9,15 +9,7 @@ local sip = h.sip
 local core = require "luasip.core"
 
 
-local function run(fn, seconds)
-    return h.run(function()
-        local ok, err = xpcall(fn, debug.traceback)
-        sip.sleep(0.05)
-        collectgarbage()
-        collectgarbage()
-        if not ok then error(err, 0) end
-    end, seconds)
-end
+local run = h.run_settled
 
 
 local function pair()

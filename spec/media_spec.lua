@@ -7,15 +7,7 @@ local sip = h.sip
 local has_socket, socket = pcall(require, "socket")
 
 
-local function run(fn, seconds)
-    return h.run(function()
-        local ok, err = xpcall(fn, debug.traceback)
-        sip.sleep(0.05)
-        collectgarbage()
-        collectgarbage()
-        if not ok then error(err, 0) end
-    end, seconds)
-end
+local run = h.run_settled
 
 
 local function pair()

@@ -61,58 +61,7 @@ local function bindings_of(resp)
 end
 
 
--- a raw UDP UAC: REGISTER with a chosen Call-ID and CSeq
-local function raw_uac(target)
-    local addr = target:addresses()[1]
-    local u = assert(socket.udp())
-    assert(u:setsockname("127.0.0.1", 0))
-    assert(u:setpeername(addr.host, addr.port))
-    u:settimeout(0)
-    local _, lport = u:getsockname()
-    local n = 0
-    local uac = {}
-    function uac.register(o)
-        n = n + 1
-        local lines = {
-            ("REGISTER sip:%s:%d SIP/2.0"):format(addr.host, addr.port),
-            ("Via: SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bKraw%d%d;rport"):format(
-                lport, n, math.random(1e6)),
-            "Max-Forwards: 70",
-            ("From: <%s>;tag=raw%d-%d"):format(o.aor or AOR, lport, n),
-            ("To: <%s>"):format(o.aor or AOR),
-            "Call-ID: " .. o.call_id,
-            ("CSeq: %d REGISTER"):format(o.cseq),
-        }
-        for _, v in ipairs(o.contacts or {}) do lines[#lines + 1] = "Contact: " .. v end
-        if o.expires then lines[#lines + 1] = "Expires: " .. o.expires end
-        for _, l in ipairs(o.extra or {}) do lines[#lines + 1] = l end
-        lines[#lines + 1] = "Content-Length: 0"
-        lines[#lines + 1] = ""
-        lines[#lines + 1] = ""
-        assert(u:send(table.concat(lines, "\r\n")))
-        local dl = sip.now() + 3
-        while sip.now() < dl do
-            local data = u:receive()
-            if data then
-                local code = tonumber(data:match("^SIP/2%.0 (%d+)"))
-                if code and code >= 200 then
-                    local hdrs = {}
-                    for name, value in data:gmatch("\r\n([%w%-]+):%s*([^\r\n]*)") do
-                        name = name:lower()
-                        hdrs[name] = hdrs[name] or {}
-                        table.insert(hdrs[name], value)
-                    end
-                    return code, hdrs, data
-                end
-            else
-                sip.sleep(0.005)
-            end
-        end
-        error("no final response from the registrar")
-    end
-    function uac.close() u:close() end
-    return uac
-end
+local function raw_uac(target) return h.raw_register_uac(target, AOR) end
 
 
 describe("luasip.registrar", function()

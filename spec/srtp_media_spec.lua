@@ -15,15 +15,7 @@ local S80, S32 = "AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"
 local RTP_HDR, FRAME = 12, 160
 
 
-local function run(fn, seconds)
-    return h.run(function()
-        local ok, err = xpcall(fn, debug.traceback)
-        sip.sleep(0.05)
-        collectgarbage()
-        collectgarbage()
-        if not ok then error(err, 0) end
-    end, seconds)
-end
+local run = h.run_settled
 
 
 local function tmpwav()

@@ -6,15 +6,7 @@ local h = require "spec.helper"
 local sip = h.sip
 
 
-local function run(fn, seconds)
-    return h.run(function()
-        local ok, err = xpcall(fn, debug.traceback)
-        sip.sleep(0.05)
-        collectgarbage()
-        collectgarbage()
-        if not ok then error(err, 0) end
-    end, seconds)
-end
+local run = h.run_settled
 
 
 local cseq = 4000000000
