@@ -12,13 +12,14 @@ b.MODULES = { "g711", "ausine", "aufile", "account", "menu", "ctrl_tcp" }
 local has_socket, socket = pcall(require, "socket")
 
 
---- Why baresip specs cannot run here, or nil.
-function b.missing()
+--- Why baresip specs cannot run here, or nil. `modules`: the baresip
+-- modules the spec loads (default b.MODULES).
+function b.missing(modules)
     if not os.execute("command -v baresip >/dev/null 2>&1") then
         return "baresip is not installed (apt-get install baresip-core)"
     end
     if not has_socket then return "LuaSocket is missing (apt-get install lua-socket)" end
-    for _, m in ipairs(b.MODULES) do
+    for _, m in ipairs(modules or b.MODULES) do
         if not io.open(b.MODDIR .. "/" .. m .. ".so") then
             return "baresip module " .. m .. ".so not found in " .. b.MODDIR
         end

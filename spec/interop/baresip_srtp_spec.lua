@@ -7,65 +7,14 @@
 local h = require "spec.helper"
 local sip = h.sip
 
-local MODDIR = "/usr/lib/baresip/modules"
+local b = require "spec.interop.baresip_helper"
+
 local MODULES = { "g711", "ausine", "aufile", "account", "menu", "srtp", "sndfile" }
-
-local has_socket, socket = pcall(require, "socket")
-
-
-local function missing()
-    if not os.execute("command -v baresip >/dev/null 2>&1") then
-        return "baresip is not installed (apt-get install baresip-core)"
-    end
-    if not has_socket then return "LuaSocket is missing (apt-get install lua-socket)" end
-    for _, m in ipairs(MODULES) do
-        if not io.open(MODDIR .. "/" .. m .. ".so") then
-            return "baresip module " .. m .. ".so not found in " .. MODDIR
-        end
-    end
-end
-
-
--- a port free for UDP and TCP, with the next one free too (baresip also
--- binds sip_listen's port + 1)
-local function free_ports()
-    for _ = 1, 50 do
-        local p = h.free_port()
-        local socks, ok = {}, p < 65535
-        for _, port in ipairs { p, p + 1 } do
-            for _, mk in ipairs { socket.udp, socket.tcp } do
-                local s = mk()
-                socks[#socks + 1] = s
-                if not s:setsockname("127.0.0.1", port) then ok = false end
-            end
-        end
-        for _, s in ipairs(socks) do s:close() end
-        if ok then return p end
-    end
-    error("no free pair of ports")
-end
-
-
-local function write(path, s)
-    local f = assert(io.open(path, "w"))
-    f:write(s)
-    f:close()
-end
-
-
-local function wait_until(fn, seconds)
-    local dl = sip.now() + seconds
-    repeat
-        local v = fn()
-        if v then return v end
-        sip.sleep(0.05)
-    until sip.now() > dl
-    return fn()
-end
+local free_ports, write, wait_until = b.free_ports, b.write, b.wait_until
 
 
 describe("SRTP interop with baresip", function()
-    local why = missing()
+    local why = b.missing(MODULES)
     if why then
         pending(why)
         return
@@ -81,7 +30,7 @@ describe("SRTP interop with baresip", function()
             "sip_listen 127.0.0.1:" .. port,
             "audio_source ausine,440",
             "ausrc_srate 48000", "ausrc_channels 2",  -- all that ausine makes
-            "module_path " .. MODDIR,
+            "module_path " .. b.MODDIR,
             "module g711.so", "module ausine.so", "module aufile.so", "module srtp.so",
             "module sndfile.so", "snd_path " .. dir,   -- dumps decoded audio
             "module_tmp account.so", "module_app menu.so",
