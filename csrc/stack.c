@@ -10,6 +10,7 @@
  * are freed from the next timer poll once nothing uses them.
  */
 
+#include <ctype.h>
 #include "lsip.h"
 #include <openssl/ssl.h>
 #include <openssl/err.h>
@@ -46,6 +47,7 @@ struct lsip_ep {
 	char *user;        /* Contact user part */
 	char *from;        /* default From: display + URI */
 	char *ua;          /* User-Agent / Server */
+	char *supported;   /* option tags the script handles: "a, b" or "" */
 	int self;          /* pin until :close() */
 	struct tmr teardown;  /* frees the stack soon after :close() */
 	bool closed;
@@ -142,6 +144,7 @@ static void ep_destructor(void *arg)
 	mem_deref(ep->user);
 	mem_deref(ep->from);
 	mem_deref(ep->ua);
+	mem_deref(ep->supported);
 }
 
 
@@ -382,6 +385,102 @@ static void udp_tune(struct lsip_ep *ep, const struct sip_msg *msg)
 }
 
 
+static bool tag_listed(const char *list, const struct pl *tag)
+{
+	struct pl rest, t;
+
+	pl_set_str(&rest, list);
+	while (rest.l) {
+		const char *c = pl_strchr(&rest, ',');
+
+		t.p = rest.p;
+		t.l = c ? (size_t)(c - rest.p) : rest.l;
+		pl_advance(&rest, c ? t.l + 1 : t.l);
+		while (t.l && (*t.p == ' ' || *t.p == '\t'))
+			pl_advance(&t, 1);
+		while (t.l && (t.p[t.l - 1] == ' ' || t.p[t.l - 1] == '\t'))
+			--t.l;
+		if (t.l && !pl_casecmp(&t, tag))
+			return true;
+	}
+
+	return false;
+}
+
+
+struct require_ctx {
+	const char *supported;
+	char list[256];       /* "Unsupported: " value */
+	size_t n;
+	bool any;
+};
+
+
+static bool require_apply(const struct sip_hdr *hdr, const struct sip_msg *msg,
+			  void *arg)
+{
+	struct require_ctx *rc = arg;
+	struct pl rest = hdr->val, t;
+	(void)msg;
+
+	while (rest.l) {
+		const char *c = pl_strchr(&rest, ',');
+
+		t.p = rest.p;
+		t.l = c ? (size_t)(c - rest.p) : rest.l;
+		pl_advance(&rest, c ? t.l + 1 : t.l);
+		while (t.l && (*t.p == ' ' || *t.p == '\t'))
+			pl_advance(&t, 1);
+		while (t.l && (t.p[t.l - 1] == ' ' || t.p[t.l - 1] == '\t'))
+			--t.l;
+		if (!t.l || tag_listed(rc->supported, &t))
+			continue;
+
+		rc->any = true;
+		if (rc->n + t.l + 3 < sizeof(rc->list)) {
+			rc->n += (size_t)re_snprintf(rc->list + rc->n,
+						     sizeof(rc->list) - rc->n,
+						     "%s%r", rc->n ? ", " : "",
+						     &t);
+		}
+	}
+
+	return false;
+}
+
+
+/*
+ * RFC 3261 8.2.2.3: a UAS answers 420 (Bad Extension) with Unsupported to
+ * a request that Requires an option tag it does not support. Not for ACK
+ * and CANCEL (the RFC exempts them), not for REGISTER (the registrar
+ * checks Require itself, knowing "path"), not on a proxy endpoint (a
+ * proxy forwards Require untouched, RFC 3261 16.6).
+ */
+static bool require_refused(struct lsip_ep *ep, const struct sip_msg *msg)
+{
+	struct require_ctx rc;
+
+	if (ep->proxy || !pl_strcmp(&msg->met, "ACK") ||
+	    !pl_strcmp(&msg->met, "CANCEL") ||
+	    !pl_strcmp(&msg->met, "REGISTER") ||
+	    !sip_msg_hdr(msg, SIP_HDR_REQUIRE))
+		return false;
+
+	memset(&rc, 0, sizeof(rc));
+	rc.supported = ep->supported ? ep->supported : "";
+	(void)sip_msg_hdr_apply(msg, true, SIP_HDR_REQUIRE, require_apply,
+				&rc);
+	if (!rc.any)
+		return false;
+
+	(void)sip_replyf(ep->sip, msg, 420, "Bad Extension",
+			 "Unsupported: %s\r\n"
+			 "Content-Length: 0\r\n"
+			 "\r\n", rc.list);
+	return true;
+}
+
+
 static bool request_handler(const struct sip_msg *msg, void *arg)
 {
 	struct lsip_ep *ep = arg;
@@ -419,6 +518,9 @@ static bool request_handler(const struct sip_msg *msg, void *arg)
 
 	if (ep->proxy && !indialog && !pl_strcmp(&msg->met, "INVITE"))
 		return lsip_request_incoming(ep, msg);
+
+	if (require_refused(ep, msg))
+		return true;
 
 	/* re-INVITE crossing ours (491) or without a common codec (488) */
 	if (indialog && !pl_strcmp(&msg->met, "INVITE") &&
@@ -678,6 +780,69 @@ static int setup_dns(lua_State *L, struct lsip_ep *ep, int opt)
 }
 
 
+/* opts.supported: nil or a list of option tags (RFC 3261 token) */
+static void supported_check(lua_State *L, int opt)
+{
+	lua_Integer i, n;
+
+	lua_getfield(L, opt, "supported");
+	if (lua_isnil(L, -1)) {
+		lua_pop(L, 1);
+		return;
+	}
+	if (!lua_istable(L, -1))
+		luaL_error(L, "luasip.endpoint: supported: list of option "
+			   "tags expected, got %s", luaL_typename(L, -1));
+	n = luaL_len(L, -1);
+	for (i = 1; i <= n; i++) {
+		const char *t;
+		size_t k, len;
+
+		if (lua_geti(L, -1, i) != LUA_TSTRING)
+			luaL_error(L, "luasip.endpoint: supported[%d]: string "
+				   "expected, got %s", (int)i,
+				   luaL_typename(L, -1));
+		t = lua_tolstring(L, -1, &len);
+		for (k = 0; k < len; k++) {
+			if (!isalnum((unsigned char)t[k]) &&
+			    !strchr("-.!%*_+`'~", t[k]))
+				break;
+		}
+		if (!len || k < len || len > 64)
+			luaL_error(L, "luasip.endpoint: supported[%d]: not an "
+				   "option tag: \"%s\"", (int)i, t);
+		lua_pop(L, 1);
+	}
+	lua_pop(L, 1);
+}
+
+
+/* the checked opts.supported as "a, b" ("" when none) */
+static int supported_join(lua_State *L, int opt, char **strp)
+{
+	struct mbuf *mb = mbuf_alloc(64);
+	lua_Integer i, n = 0;
+	int err = mb ? 0 : ENOMEM;
+
+	lua_getfield(L, opt, "supported");
+	if (lua_istable(L, -1))
+		n = luaL_len(L, -1);
+	for (i = 1; !err && i <= n; i++) {
+		lua_geti(L, -1, i);
+		err = mbuf_printf(mb, "%s%s", i > 1 ? ", " : "",
+				  lua_tostring(L, -1));
+		lua_pop(L, 1);
+	}
+	lua_pop(L, 1);
+	if (!err) {
+		mb->pos = 0;
+		err = mbuf_strdup(mb, strp, mb->end);
+	}
+	mem_deref(mb);
+	return err;
+}
+
+
 /* core.endpoint(opts) -> ep | nil, err, code */
 static int l_endpoint_new(lua_State *L)
 {
@@ -697,6 +862,7 @@ static int l_endpoint_new(lua_State *L)
 	lua_getfield(L, opt, "proxy");
 	proxy = lua_toboolean(L, -1);
 	lua_pop(L, 1);
+	supported_check(L, opt);
 
 	lua_getfield(L, opt, "listen");
 	if (lua_type(L, -1) == LUA_TSTRING) {
@@ -735,6 +901,8 @@ static int l_endpoint_new(lua_State *L)
 		goto out;
 
 	err = str_dup(&ep->ua, ua ? ua : LSIP_NAME "/" LSIP_VERSION);
+	if (!err)
+		err = supported_join(L, opt, &ep->supported);
 	if (err)
 		goto out;
 

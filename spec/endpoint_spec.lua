@@ -349,6 +349,59 @@ describe("luasip.endpoint", function()
             end, 3)
         end)
 
+        it("answers 420 with Unsupported to a Require it does not support (RFC 3261 8.2.2.3)", function()
+            h.run(function()
+                local a = h.endpoint { supported = { "foo" } }
+                local b = h.endpoint()
+                local seen = {}
+                a:on("MESSAGE", function(req) seen[#seen + 1] = req:header("Require"); req:reply(200) end)
+                a:on("INVITE", function(call) seen[#seen + 1] = "INVITE"; call:reject(486) end)
+                -- OPTIONS lists what the script declared
+                local res = assert(b:request { method = "OPTIONS", uri = a:uri(), timeout = 2 })
+                assert.equal("foo", res:header("Supported"))
+                -- a tag the endpoint supports passes, any other one is refused
+                res = assert(b:request { method = "MESSAGE", uri = a:uri(), body = "x",
+                                         headers = { Require = "foo" }, timeout = 2 })
+                assert.equal(200, res.status)
+                local r, err, code, resp = b:request { method = "MESSAGE", uri = a:uri(), body = "x",
+                                                       headers = { Require = "FOO, 100rel ,bar" }, timeout = 2 }
+                assert.is_nil(r)
+                assert.equal(420, code, err)
+                assert.equal("Bad Extension", resp.reason)
+                assert.equal("100rel, bar", resp:header("Unsupported"))
+                -- an INVITE requiring 100rel never reaches the script
+                local call, cerr, ccode = b:call(a:uri(), { headers = { Require = "100rel" }, timeout = 2 })
+                assert.is_nil(call)
+                assert.equal(420, ccode, cerr)
+                assert.same({ "foo" }, seen)
+                -- and without it the same endpoint goes on answering
+                call, cerr, ccode = b:call(a:uri(), { timeout = 2 })
+                assert.is_nil(call)
+                assert.equal(486, ccode, cerr)
+                assert.same({ "foo", "INVITE" }, seen)
+            end, 5)
+        end)
+
+        it("leaves Require alone on a proxy endpoint (a proxy forwards it)", function()
+            h.run(function()
+                local a = h.endpoint { proxy = true }
+                local b = h.endpoint()
+                a:on("MESSAGE", function(req) req:reply(202) end)
+                local res = assert(b:request { method = "MESSAGE", uri = a:uri(), body = "x",
+                                               headers = { Require = "100rel" }, timeout = 2 })
+                assert.equal(202, res.status)
+                res = assert(b:request { method = "OPTIONS", uri = a:uri(), timeout = 2 })
+                assert.equal("", res:header("Supported"))
+            end, 3)
+        end)
+
+        it("raises on a bad supported option naming it", function()
+            assert.has_error(function() sip.endpoint { listen = "udp:127.0.0.1:0", supported = "path" } end,
+                'luasip.endpoint: supported: list of option tags expected, got string')
+            assert.has_error(function() sip.endpoint { listen = "udp:127.0.0.1:0", supported = { "path", "a b" } } end,
+                'luasip.endpoint: supported[2]: not an option tag: "a b"')
+        end)
+
         it("answers an unknown method with nil, '405 Method Not Allowed', 405 and Allow", function()
             h.run(function()
                 local a, b = h.endpoint(), h.endpoint()

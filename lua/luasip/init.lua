@@ -146,7 +146,7 @@ local function default_reply(state, req)
         return req:reply(200, "OK", {
             Allow = allow_list(state),
             Accept = "application/sdp",
-            Supported = "replaces, timer",
+            Supported = state.supported,
         })
     end
     return req:reply(405, "Method Not Allowed", { Allow = allow_list(state) })
@@ -196,7 +196,11 @@ end
 --   verify (default true) }, `proxy` (true: INVITEs arrive as requests,
 --   to `req:forward()`, instead of calls), `rtp_ports` ({ min, max } for
 --   media calls, default { 10000, 20000 }), `srtp` and `srtp_suites`
---   (defaults of the endpoint's media calls, see EP.call)
+--   (defaults of the endpoint's media calls, see EP.call), `supported`
+--   (option tags the script itself handles, e.g. { "path" }: listed in
+--   Supported of OPTIONS answers; a request whose Require names any other
+--   tag gets 420 Bad Extension with Unsupported, RFC 3261 8.2.2.3, except
+--   on a proxy endpoint, which forwards Require untouched)
 -- @return endpoint, or nil, message, code
 function _M.endpoint(opts)
     if type(opts) ~= "table" then argerror("endpoint", 1, "table", type(opts)) end
@@ -204,7 +208,7 @@ function _M.endpoint(opts)
     local ep, err, code = core.endpoint(opts)
     if not ep then return nil, err, code end
     media.set_endpoint(ep, opts)
-    eps[ep] = { handlers = {} }
+    eps[ep] = { handlers = {}, supported = table.concat(opts.supported or {}, ", ") }
     sched.set_handler(ep, ep_event)
     return ep
 end
