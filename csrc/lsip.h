@@ -202,6 +202,8 @@ int lsip_sdes_parse(const struct pl *attr, int *tag, char *suite,
 		    size_t suitesz, uint8_t key[LSIP_SRTP_KEYLEN]);
 int lsip_srtp_negotiate(enum lsip_srtp_policy pol, const char *offer_proto,
 			bool offer_has_crypto);
+/* srtp_ossl.c: OpenSSL AES-ICM-128 and HMAC-SHA1 for libsrtp2 */
+const char *lsip_srtp_ossl_install(void);
 /* srtp.c: SRTP of one media line (NULL: policy off); see srtp.c */
 struct lsip_msrtp;
 int lsip_msrtp_new(lua_State *L, int idx, struct lsip_msrtp **sp);

@@ -17,6 +17,7 @@
 
 #include "lsip.h"
 #include <limits.h>
+#include <stdlib.h>
 #include <sys/random.h>
 #include <srtp2/srtp.h>
 
@@ -35,6 +36,7 @@ struct lsip_srtp {
 
 
 static bool srtp_inited;
+static const char *crypto_why;   /* NULL: OpenSSL primitives installed */
 
 
 /* the one mapping of libsrtp2's status codes to errno */
@@ -1377,10 +1379,21 @@ int lsip_open_srtp(lua_State *L)
 			return luaL_error(L, "luasip: srtp_init: %s",
 					  strerror(err));
 		srtp_inited = true;
+		crypto_why = lsip_srtp_ossl_install();
+		if (crypto_why && !getenv("LUASIP_SRTP_BUILTIN"))
+			re_fprintf(stderr, "luasip: SRTP uses libsrtp2's "
+				   "built-in crypto: %s\n", crypto_why);
 	}
 
 	lsip_setfuncs(L, LSIP_SRTP_MT, methods, meta);
 	luaL_setfuncs(L, funcs, 0);
+
+	/* "openssl", or why libsrtp2's own primitives are in use */
+	if (crypto_why)
+		lua_pushfstring(L, "libsrtp2 (%s)", crypto_why);
+	else
+		lua_pushliteral(L, "openssl");
+	lua_setfield(L, -2, "srtp_crypto");
 
 	lua_pushinteger(L, ENOTSUP);
 	lua_setfield(L, -2, "ENOTSUP");

@@ -1,0 +1,337 @@
+/**
+ * @file srtp_ossl.c  OpenSSL primitives for libsrtp2's AES-ICM-128 and
+ *                    HMAC-SHA1
+ *
+ * Debian 12 builds libsrtp2 2.5 with its NSS crypto backend, which creates
+ * an NSS cipher context for every packet (set_iv -> PK11_CreateContext...)
+ * and runs HMAC-SHA1 through a fresh PK11 digest: about 11,000
+ * instructions per packet, as much as all the rest of a plain call's
+ * per-packet work. libsrtp2 lets an application replace the
+ * implementation of a cipher or auth type (srtp_replace_cipher_type,
+ * srtp_replace_auth_type; the types are declared in srtp2/cipher.h and
+ * srtp2/auth.h). This file registers two that keep their OpenSSL state
+ * per libsrtp2 cipher/auth instance:
+ *
+ * - AES-ICM-128 (RFC 3711 4.1.1, a 30-octet key: 16 of AES key and 14 of
+ *   salt): one EVP AES-128-CTR context keyed once; set_iv only loads the
+ *   counter block, salt XOR iv.
+ * - HMAC-SHA1 (RFC 2104): the inner and outer SHA-1 states after the
+ *   padded key are computed once; each packet starts from a copy.
+ *
+ * libsrtp2 still does all of SRTP: key derivation (through this AES-ICM),
+ * packet and index handling, replay database, SRTCP. It runs each type's
+ * self test before taking it (RFC 3711 B.2 and RFC 2202 vectors below)
+ * and tests it against its own type's vectors too; if either fails, its
+ * built-in types stay and luasip logs why once.
+ *
+ * Copyright (C) 2026 luasip authors
+ */
+#define OPENSSL_SUPPRESS_DEPRECATED   /* SHA1_Init & co: plain struct copy */
+#include <string.h>
+#include <stdlib.h>
+#include <openssl/evp.h>
+#include <openssl/sha.h>
+#include <srtp2/srtp.h>
+#include <srtp2/cipher.h>
+#include <srtp2/auth.h>
+#include "lsip.h"
+
+
+/* AES-ICM-128 */
+
+struct icm {
+	EVP_CIPHER_CTX *ctx;
+	uint8_t salt[16];           /* 14 octets of salt, then 0, 0 */
+};
+
+
+static const srtp_cipher_type_t icm_type;
+
+
+static srtp_err_status_t icm_alloc(srtp_cipher_pointer_t *cp, int key_len,
+				   int tag_len)
+{
+	srtp_cipher_t *c;
+	struct icm *st;
+	(void)tag_len;
+
+	if (!cp || key_len != SRTP_AES_ICM_128_KEY_LEN_WSALT)
+		return srtp_err_status_bad_param;
+
+	c = calloc(1, sizeof(*c) + sizeof(*st));
+	if (!c)
+		return srtp_err_status_alloc_fail;
+
+	st = (struct icm *)(c + 1);
+	st->ctx = EVP_CIPHER_CTX_new();
+	if (!st->ctx) {
+		free(c);
+		return srtp_err_status_alloc_fail;
+	}
+
+	c->type = &icm_type;
+	c->state = st;
+	c->key_len = key_len;
+	c->algorithm = SRTP_AES_ICM_128;
+	*cp = c;
+
+	return srtp_err_status_ok;
+}
+
+
+static srtp_err_status_t icm_dealloc(srtp_cipher_pointer_t c)
+{
+	struct icm *st;
+
+	if (!c)
+		return srtp_err_status_bad_param;
+
+	st = c->state;
+	EVP_CIPHER_CTX_free(st->ctx);
+	OPENSSL_cleanse(c, sizeof(*c) + sizeof(*st));
+	free(c);
+
+	return srtp_err_status_ok;
+}
+
+
+static srtp_err_status_t icm_init(void *state, const uint8_t *key)
+{
+	struct icm *st = state;
+
+	memcpy(st->salt, key + SRTP_AES_128_KEY_LEN, SRTP_SALT_LEN);
+	st->salt[14] = st->salt[15] = 0;
+
+	if (1 != EVP_EncryptInit_ex(st->ctx, EVP_aes_128_ctr(), NULL, key,
+				    NULL))
+		return srtp_err_status_init_fail;
+
+	return srtp_err_status_ok;
+}
+
+
+static srtp_err_status_t icm_set_iv(void *state, uint8_t *iv,
+				    srtp_cipher_direction_t dir)
+{
+	struct icm *st = state;
+	uint8_t ctr[16];
+	int i;
+	(void)dir;
+
+	for (i = 0; i < 16; i++)
+		ctr[i] = st->salt[i] ^ iv[i];
+
+	/* new counter block, same key schedule */
+	if (1 != EVP_EncryptInit_ex(st->ctx, NULL, NULL, NULL, ctr))
+		return srtp_err_status_cipher_fail;
+
+	return srtp_err_status_ok;
+}
+
+
+/* counter mode: encrypting and decrypting are the same XOR */
+static srtp_err_status_t icm_crypt(void *state, uint8_t *buf,
+				   unsigned int *len)
+{
+	struct icm *st = state;
+	int n = 0;
+
+	if (*len > INT32_MAX ||
+	    1 != EVP_EncryptUpdate(st->ctx, buf, &n, buf, (int)*len) ||
+	    (unsigned int)n != *len)
+		return srtp_err_status_cipher_fail;
+
+	return srtp_err_status_ok;
+}
+
+
+/* RFC 3711 B.2: session key 2B7E...4F3C, salt F0F1...FCFD, IV 0 */
+static const uint8_t icm_key[30] = {
+	0x2b, 0x7e, 0x15, 0x16, 0x28, 0xae, 0xd2, 0xa6,
+	0xab, 0xf7, 0x15, 0x88, 0x09, 0xcf, 0x4f, 0x3c,
+	0xf0, 0xf1, 0xf2, 0xf3, 0xf4, 0xf5, 0xf6, 0xf7,
+	0xf8, 0xf9, 0xfa, 0xfb, 0xfc, 0xfd
+};
+static uint8_t icm_idx[16];
+static const uint8_t icm_plain[32];
+static const uint8_t icm_cipher[32] = {
+	0xe0, 0x3e, 0xad, 0x09, 0x35, 0xc9, 0x5e, 0x80,
+	0xe1, 0x66, 0xb1, 0x6d, 0xd9, 0x2b, 0x4e, 0xb4,
+	0xd2, 0x35, 0x13, 0x16, 0x2b, 0x02, 0xd0, 0xf7,
+	0x2a, 0x43, 0xa2, 0xfe, 0x4a, 0x5f, 0x97, 0xab
+};
+static const srtp_cipher_test_case_t icm_test = {
+	SRTP_AES_ICM_128_KEY_LEN_WSALT, icm_key, icm_idx,
+	sizeof(icm_plain), icm_plain, sizeof(icm_cipher), icm_cipher,
+	0, NULL, 0, NULL
+};
+
+static const srtp_cipher_type_t icm_type = {
+	icm_alloc, icm_dealloc, icm_init, NULL, icm_crypt, icm_crypt,
+	icm_set_iv, NULL, "AES-128 integer counter mode (OpenSSL, luasip)",
+	&icm_test, SRTP_AES_ICM_128
+};
+
+
+/* HMAC-SHA1 */
+
+struct hmac {
+	SHA_CTX inner0, outer0;     /* after the padded key */
+	SHA_CTX ctx;                /* the packet being authenticated */
+};
+
+
+static const srtp_auth_type_t hmac_type;
+
+
+static srtp_err_status_t hmac_alloc(srtp_auth_pointer_t *ap, int key_len,
+				    int out_len)
+{
+	srtp_auth_t *a;
+
+	if (!ap || key_len < 0 || key_len > SHA_CBLOCK ||
+	    out_len < 1 || out_len > SHA_DIGEST_LENGTH)
+		return srtp_err_status_bad_param;
+
+	a = calloc(1, sizeof(*a) + sizeof(struct hmac));
+	if (!a)
+		return srtp_err_status_alloc_fail;
+
+	a->type = &hmac_type;
+	a->state = a + 1;
+	a->out_len = out_len;
+	a->key_len = key_len;
+	a->prefix_len = 0;
+	*ap = a;
+
+	return srtp_err_status_ok;
+}
+
+
+static srtp_err_status_t hmac_dealloc(srtp_auth_pointer_t a)
+{
+	if (!a)
+		return srtp_err_status_bad_param;
+
+	OPENSSL_cleanse(a, sizeof(*a) + sizeof(struct hmac));
+	free(a);
+
+	return srtp_err_status_ok;
+}
+
+
+static srtp_err_status_t hmac_init(void *state, const uint8_t *key,
+				   int key_len)
+{
+	struct hmac *st = state;
+	uint8_t ipad[SHA_CBLOCK], opad[SHA_CBLOCK];
+	int i;
+
+	if (key_len < 0 || key_len > SHA_CBLOCK)
+		return srtp_err_status_bad_param;
+
+	for (i = 0; i < SHA_CBLOCK; i++) {
+		uint8_t k = i < key_len ? key[i] : 0;
+
+		ipad[i] = k ^ 0x36;
+		opad[i] = k ^ 0x5c;
+	}
+
+	SHA1_Init(&st->inner0);
+	SHA1_Update(&st->inner0, ipad, sizeof(ipad));
+	SHA1_Init(&st->outer0);
+	SHA1_Update(&st->outer0, opad, sizeof(opad));
+	st->ctx = st->inner0;
+	OPENSSL_cleanse(ipad, sizeof(ipad));
+	OPENSSL_cleanse(opad, sizeof(opad));
+
+	return srtp_err_status_ok;
+}
+
+
+static srtp_err_status_t hmac_start(void *state)
+{
+	struct hmac *st = state;
+
+	st->ctx = st->inner0;
+	return srtp_err_status_ok;
+}
+
+
+static srtp_err_status_t hmac_update(void *state, const uint8_t *buf,
+				     int len)
+{
+	struct hmac *st = state;
+
+	if (len < 0)
+		return srtp_err_status_bad_param;
+
+	SHA1_Update(&st->ctx, buf, (size_t)len);
+	return srtp_err_status_ok;
+}
+
+
+static srtp_err_status_t hmac_compute(void *state, const uint8_t *buf,
+				      int len, int tag_len, uint8_t *tag)
+{
+	struct hmac *st = state;
+	uint8_t d[SHA_DIGEST_LENGTH];
+	SHA_CTX outer;
+
+	if (len < 0 || tag_len < 1 || tag_len > SHA_DIGEST_LENGTH)
+		return srtp_err_status_bad_param;
+
+	SHA1_Update(&st->ctx, buf, (size_t)len);
+	SHA1_Final(d, &st->ctx);
+	outer = st->outer0;
+	SHA1_Update(&outer, d, sizeof(d));
+	SHA1_Final(d, &outer);
+	memcpy(tag, d, (size_t)tag_len);
+
+	return srtp_err_status_ok;
+}
+
+
+/* RFC 2202 test case 1 */
+static const uint8_t hmac_key[20] = {
+	0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b,
+	0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b
+};
+static const uint8_t hmac_data[8] = "Hi There";
+static const uint8_t hmac_tag[20] = {
+	0xb6, 0x17, 0x31, 0x86, 0x55, 0x05, 0x72, 0x64, 0xe2, 0x8b,
+	0xc0, 0xb6, 0xfb, 0x37, 0x8c, 0x8e, 0xf1, 0x46, 0xbe, 0x00
+};
+static const srtp_auth_test_case_t hmac_test = {
+	sizeof(hmac_key), hmac_key, sizeof(hmac_data), hmac_data,
+	sizeof(hmac_tag), hmac_tag, NULL
+};
+
+static const srtp_auth_type_t hmac_type = {
+	hmac_alloc, hmac_dealloc, hmac_init, hmac_compute, hmac_update,
+	hmac_start, "HMAC-SHA1 (OpenSSL, luasip)", &hmac_test, SRTP_HMAC_SHA1
+};
+
+
+/**
+ * Give libsrtp2 the OpenSSL AES-ICM-128 and HMAC-SHA1 (after srtp_init)
+ *
+ * @return NULL if both were taken, else what libsrtp2 refused and why
+ */
+const char *lsip_srtp_ossl_install(void)
+{
+	srtp_err_status_t st;
+
+	if (getenv("LUASIP_SRTP_BUILTIN"))
+		return "LUASIP_SRTP_BUILTIN is set";
+
+	st = srtp_replace_cipher_type(&icm_type, SRTP_AES_ICM_128);
+	if (st)
+		return "AES-ICM-128 refused (self test failed)";
+
+	st = srtp_replace_auth_type(&hmac_type, SRTP_HMAC_SHA1);
+	if (st)
+		return "HMAC-SHA1 refused (self test failed)";
+
+	return NULL;
+}
