@@ -66,6 +66,7 @@ static int l_sentinel_gc(lua_State *L)
 			(void)close(null);
 		(void)lsip_tmr_close();
 		lsip_srtp_close();
+		lsip_recfile_shutdown();
 		inited = false;
 	}
 

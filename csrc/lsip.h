@@ -202,6 +202,13 @@ int lsip_sdes_parse(const struct pl *attr, int *tag, char *suite,
 		    size_t suitesz, uint8_t key[LSIP_SRTP_KEYLEN]);
 int lsip_srtp_negotiate(enum lsip_srtp_policy pol, const char *offer_proto,
 			bool offer_has_crypto);
+/* recfile.c: WAV recordings written by a background thread */
+struct lsip_recfile;
+int lsip_recfile_open(struct lsip_recfile **rp, const char *path);
+int lsip_recfile_write(struct lsip_recfile *r, const int16_t *s, size_t n);
+int lsip_recfile_close(struct lsip_recfile *r, uint64_t *droppedp);
+uint64_t lsip_recfile_dropped(void);
+void lsip_recfile_shutdown(void);
 /* srtp_ossl.c: OpenSSL AES-ICM-128 and HMAC-SHA1 for libsrtp2 */
 const char *lsip_srtp_ossl_install(void);
 /* srtp.c: SRTP of one media line (NULL: policy off); see srtp.c */

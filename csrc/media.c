@@ -82,7 +82,8 @@ struct lsip_media {
 	uint32_t echo_r, echo_w;
 
 	/* recorder */
-	struct aufile *rec_af;
+	struct lsip_recfile *rec;   /* written by recfile.c's thread */
+	uint64_t rec_dropped;       /* bytes the writer could not keep */
 	uint32_t rec_n, rec_max, sil_n, sil_max;
 	bool recording;
 
@@ -153,7 +154,7 @@ static void media_destructor(void *arg)
 	tmr_cancel(&m->tmr);
 	play_stop(m);
 	mem_deref(m->echo);
-	mem_deref(m->rec_af);
+	(void)lsip_recfile_close(m->rec, NULL);
 	mem_deref(m->telev);
 	mem_deref(m->jbuf);
 	mem_deref(m->dtmf);
@@ -186,7 +187,10 @@ static void rec_finish(struct lsip_media *m, const char *reason)
 		return;
 
 	m->recording = false;
-	m->rec_af = mem_deref(m->rec_af);    /* writes the WAV header */
+	/* returns once the file is complete on disk (header patched) */
+	if (lsip_recfile_close(m->rec, &m->rec_dropped))
+		reason = "error";
+	m->rec = NULL;
 	lua_pushnumber(L, (double)m->rec_n / SRATE);
 	lua_pushstring(L, reason);
 	media_emit(m, "recorded", 2);
@@ -201,7 +205,7 @@ static void rec_feed(struct lsip_media *m, const int16_t *s, size_t n)
 	if (!m->recording)
 		return;
 
-	if (aufile_write(m->rec_af, (const uint8_t *)s, n * 2)) {
+	if (lsip_recfile_write(m->rec, s, n)) {
 		rec_finish(m, "error");
 		return;
 	}
@@ -1060,7 +1064,6 @@ static int l_media_record(lua_State *L)
 	const char *path = luaL_checkstring(L, 2);
 	lua_Number max = luaL_optnumber(L, 3, 0);
 	lua_Number sil = luaL_optnumber(L, 4, 0);
-	struct aufile_prm prm = {SRATE, 1, AUFMT_S16LE};
 	int err;
 
 	if (!(max >= 0) || !(sil >= 0))
@@ -1069,7 +1072,7 @@ static int l_media_record(lua_State *L)
 	if (m->recording)
 		return lsip_fail(L, EBUSY, "record");
 
-	err = aufile_open(&m->rec_af, &prm, path, AUFILE_WRITE);
+	err = lsip_recfile_open(&m->rec, path);
 	if (err) {
 		lua_pushnil(L);
 		lua_pushfstring(L, "record: %s: %s", path, strerror(err));
@@ -1186,6 +1189,8 @@ static int l_media_stats(lua_State *L)
 	lua_setfield(L, -2, "rx_bytes");
 	lua_pushinteger(L, m->rx_dropped);
 	lua_setfield(L, -2, "rx_dropped");
+	lua_pushinteger(L, (lua_Integer)(m->rec_dropped / 2));
+	lua_setfield(L, -2, "rec_dropped");     /* samples, see recfile.c */
 
 	if (m->rx_seen) {
 		expected = m->rx_cycles + m->rx_max_seq - m->rx_base_seq + 1;
