@@ -38,9 +38,9 @@ enum {
 };
 
 struct step {
-	uint8_t set[32];          /* class: bytes (lower case) matched */
+	uint8_t set[32];          /* class: input bytes matched (either case) */
 	uint32_t nmin, nmax;
-	uint8_t lit;              /* literal byte, lower case */
+	uint8_t lit, ulit;        /* literal byte, lower and upper case */
 	bool cls;
 	bool qesc;                /* "~": skip quoted strings, escapes */
 };
@@ -57,7 +57,19 @@ struct centry {
 	uint32_t hash;
 };
 
-static __thread struct centry *cache;
+enum { PCACHE = 128 };
+
+struct pentry {
+	const char *expr;         /* address the expression came from */
+	struct centry *ce;
+};
+
+struct rcache {
+	struct centry bytext[CACHE];
+	struct pentry byptr[PCACHE];
+};
+
+static __thread struct rcache *cache;
 
 static uint8_t lower[256];
 static bool lower_ready;
@@ -85,6 +97,14 @@ static inline void set_add(uint8_t *set, uint8_t c)
 }
 
 
+static inline void lit_set(struct step *s, uint8_t c)
+{
+	s->lit = lower[c];
+	s->ulit = (s->lit >= 'a' && s->lit <= 'z') ?
+		(uint8_t)(s->lit - 32) : s->lit;
+}
+
+
 /* expression -> steps; EINVAL when it is malformed */
 static int compile(struct step *sv, size_t *np, const char *e)
 {
@@ -92,7 +112,7 @@ static int compile(struct step *sv, size_t *np, const char *e)
 
 	while (*e) {
 		struct step *s;
-		uint8_t lo[64], hi[64];
+		uint8_t lo[64], hi[64], lset[32];
 		uint32_t nr = 0;
 		bool neg = false, range = false, esc;
 
@@ -105,13 +125,13 @@ static int compile(struct step *sv, size_t *np, const char *e)
 			if (!*e)
 				break;             /* a trailing "\": ignored */
 			s->cls = false;
-			s->lit = lower[(uint8_t)*e++];
+			lit_set(s, (uint8_t)*e++);
 			++n;
 			continue;
 		}
 		if (*e != '[') {
 			s->cls = false;
-			s->lit = lower[(uint8_t)*e++];
+			lit_set(s, (uint8_t)*e++);
 			++n;
 			continue;
 		}
@@ -185,13 +205,20 @@ static int compile(struct step *sv, size_t *np, const char *e)
 		}
 		++e;
 
-		memset(s->set, 0, sizeof(s->set));
+		memset(lset, 0, sizeof(lset));
 		for (uint32_t i = 0; i < nr; i++)
 			for (unsigned c = lo[i]; c <= hi[i]; c++)
-				set_add(s->set, (uint8_t)c);
+				set_add(lset, (uint8_t)c);
 		if (neg)
-			for (unsigned i = 0; i < sizeof(s->set); i++)
-				s->set[i] = (uint8_t)~s->set[i];
+			for (unsigned i = 0; i < sizeof(lset); i++)
+				lset[i] = (uint8_t)~lset[i];
+
+		/* fold the case here, not per input byte: an input byte
+		 * matches when its lower case is in the class */
+		memset(s->set, 0, sizeof(s->set));
+		for (unsigned c = 0; c < 256; c++)
+			if (in_set(lset, lower[c]))
+				set_add(s->set, (uint8_t)c);
 		++n;
 	}
 
@@ -214,7 +241,7 @@ static int try_at(const struct step *sv, size_t n, const char *p, size_t l,
 		if (!s->cls) {
 			if (!l)
 				return EEXIST;
-			if (lower[(uint8_t)*p] != s->lit)
+			if ((uint8_t)*p != s->lit && (uint8_t)*p != s->ulit)
 				return ENOENT;
 			++p;
 			--l;
@@ -224,7 +251,7 @@ static int try_at(const struct step *sv, size_t n, const char *p, size_t l,
 		m.p = p;
 		if (!s->qesc) {
 			while (l && nm < s->nmax &&
-			       in_set(s->set, lower[(uint8_t)*p])) {
+			       in_set(s->set, (uint8_t)*p)) {
 				++p;
 				--l;
 				++nm;
@@ -248,7 +275,7 @@ static int try_at(const struct step *sv, size_t n, const char *p, size_t l,
 				}
 				if (quote)
 					continue;
-				if (!in_set(s->set, lower[(uint8_t)*p]))
+				if (!in_set(s->set, (uint8_t)*p))
 					break;
 			}
 		}
@@ -286,6 +313,7 @@ int re_regex(const char *ptr, size_t len, const char *expr, ...)
 	struct pl *plv[STEP_MAX];
 	size_t n = 0, i, k = 0, el;
 	struct centry *ce = NULL;
+	struct pentry *pe = NULL;
 	uint32_t h;
 	va_list ap;
 	int err;
@@ -295,14 +323,24 @@ int re_regex(const char *ptr, size_t len, const char *expr, ...)
 	if (!lower_ready)
 		lower_init();
 
+	/* libre passes string literals: the expression's address finds
+	 * its entry without hashing the text; strcmp (vectorized) confirms
+	 * it, for callers that print expressions into one buffer */
+	if (!cache)
+		cache = calloc(1, sizeof(*cache));   /* per thread */
+	if (cache) {
+		pe = &cache->byptr[((uintptr_t)expr >> 3) % PCACHE];
+		if (pe->expr == expr && pe->ce && !strcmp(pe->ce->expr, expr)) {
+			sv = pe->ce->sv;
+			n = pe->ce->n;
+			goto compiled;
+		}
+	}
+
 	for (el = 0, h = 2166136261u; expr[el]; el++)
 		h = (h ^ (uint8_t)expr[el]) * 16777619u;
-	if (el < EXPR_MAX) {
-		if (!cache)
-			cache = calloc(CACHE, sizeof(*cache));   /* per thread */
-		if (cache)
-			ce = &cache[(h ^ (h >> 16)) % CACHE];
-	}
+	if (el < EXPR_MAX && cache)
+		ce = &cache->bytext[(h ^ (h >> 16)) % CACHE];
 	if (ce && ce->hash == h && ce->n && !memcmp(ce->expr, expr, el + 1)) {
 		sv = ce->sv;
 		n = ce->n;
@@ -318,6 +356,12 @@ int re_regex(const char *ptr, size_t len, const char *expr, ...)
 			ce->hash = h;
 		}
 	}
+	if (pe) {
+		pe->expr = expr;
+		pe->ce = (ce && ce->n) ? ce : NULL;
+	}
+
+ compiled:
 	if (!n)
 		return 0;
 
@@ -330,7 +374,7 @@ int re_regex(const char *ptr, size_t len, const char *expr, ...)
 	/* a literal first step: only where its byte (either case) is */
 	if (!sv[0].cls) {
 		uint8_t a = sv[0].lit;
-		uint8_t b = (a >= 'a' && a <= 'z') ? (uint8_t)(a - 32) : a;
+		uint8_t b = sv[0].ulit;
 		const char *p = ptr, *end = ptr + len;
 
 		while (p < end) {
