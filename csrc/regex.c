@@ -38,10 +38,13 @@ enum {
 };
 
 struct step {
-	uint8_t set[32];          /* class: input bytes matched (either case) */
+	uint8_t tab[256];         /* class: 1 for input bytes matched
+				   * (either case); a byte per entry keeps
+				   * the scan loop to one load and test */
 	uint32_t nmin, nmax;
 	uint8_t lit, ulit;        /* literal byte, lower and upper case */
 	bool cls;
+	bool all;                 /* class matches every byte: "[^]" */
 	bool qesc;                /* "~": skip quoted strings, escapes */
 };
 
@@ -215,10 +218,12 @@ static int compile(struct step *sv, size_t *np, const char *e)
 
 		/* fold the case here, not per input byte: an input byte
 		 * matches when its lower case is in the class */
-		memset(s->set, 0, sizeof(s->set));
-		for (unsigned c = 0; c < 256; c++)
-			if (in_set(lset, lower[c]))
-				set_add(s->set, (uint8_t)c);
+		s->all = true;
+		for (unsigned c = 0; c < 256; c++) {
+			s->tab[c] = in_set(lset, lower[c]);
+			if (!s->tab[c])
+				s->all = false;
+		}
 		++n;
 	}
 
@@ -249,13 +254,20 @@ static int try_at(const struct step *sv, size_t n, const char *p, size_t l,
 		}
 
 		m.p = p;
-		if (!s->qesc) {
-			while (l && nm < s->nmax &&
-			       in_set(s->set, (uint8_t)*p)) {
-				++p;
-				--l;
-				++nm;
-			}
+		if (s->all && !s->qesc) {
+			nm = l < s->nmax ? (uint32_t)l : s->nmax;
+			p += nm;
+			l -= nm;
+		}
+		else if (!s->qesc) {
+			const uint8_t *q = (const uint8_t *)p;
+			const uint8_t *end = q + (l < s->nmax ? l : s->nmax);
+
+			while (q < end && s->tab[*q])
+				++q;
+			nm = (uint32_t)(q - (const uint8_t *)p);
+			p = (const char *)q;
+			l -= nm;
 		}
 		else {
 			bool quote = false, esc = false;
@@ -275,7 +287,7 @@ static int try_at(const struct step *sv, size_t n, const char *p, size_t l,
 				}
 				if (quote)
 					continue;
-				if (!in_set(s->set, (uint8_t)*p))
+				if (!s->tab[(uint8_t)*p])
 					break;
 			}
 		}
