@@ -31,6 +31,7 @@
 
 #include "lsip.h"
 #include <stdlib.h>
+#include <link.h>
 
 
 enum {
@@ -54,9 +55,11 @@ struct step {
 enum { CACHE = 64, EXPR_MAX = 96 };
 
 struct centry {
+	uint32_t gen;             /* bumped when the entry is reused */
 	char expr[EXPR_MAX];
 	struct step sv[STEP_MAX];
 	size_t n;
+	size_t ncls;              /* classes among the steps */
 	uint32_t hash;
 };
 
@@ -65,6 +68,8 @@ enum { PCACHE = 128 };
 struct pentry {
 	const char *expr;         /* address the expression came from */
 	struct centry *ce;
+	uint32_t gen;             /* ce->gen when this was set */
+	bool ro;                  /* expr lies in a read-only segment */
 };
 
 struct rcache {
@@ -77,6 +82,57 @@ static __thread struct rcache *cache;
 static uint8_t lower[256];
 static bool lower_ready;
 
+/* the read-only PT_LOAD segments of the object holding this code
+ * (libre's string literals are there: it is linked in statically) */
+enum { RO_MAX = 4 };
+static struct { uintptr_t lo, hi; } ro[RO_MAX];
+static int nro;
+
+
+static int phdr_handler(struct dl_phdr_info *info, size_t size, void *arg)
+{
+	uintptr_t self = (uintptr_t)arg;
+	bool mine = false;
+	int i;
+
+	(void)size;
+
+	for (i = 0; i < info->dlpi_phnum; i++) {
+		const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+		uintptr_t lo = info->dlpi_addr + ph->p_vaddr;
+
+		if (ph->p_type == PT_LOAD && self >= lo &&
+		    self < lo + ph->p_memsz)
+			mine = true;
+	}
+	if (!mine)
+		return 0;
+
+	for (i = 0; i < info->dlpi_phnum && nro < RO_MAX; i++) {
+		const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+
+		if (ph->p_type != PT_LOAD || (ph->p_flags & PF_W))
+			continue;
+		ro[nro].lo = info->dlpi_addr + ph->p_vaddr;
+		ro[nro].hi = ro[nro].lo + ph->p_memsz;
+		++nro;
+	}
+	return 1;
+}
+
+
+/* true when expr cannot change: it lies in our read-only segments */
+static bool expr_ro(const char *expr)
+{
+	uintptr_t a = (uintptr_t)expr;
+	int i;
+
+	for (i = 0; i < nro; i++)
+		if (a >= ro[i].lo && a < ro[i].hi)
+			return true;
+	return false;
+}
+
 
 static void lower_init(void)
 {
@@ -84,6 +140,7 @@ static void lower_init(void)
 
 	for (i = 0; i < 256; i++)
 		lower[i] = (uint8_t)((i >= 'A' && i <= 'Z') ? i + 32 : i);
+	(void)dl_iterate_phdr(phdr_handler, (void *)(uintptr_t)lower);
 	lower_ready = true;
 }
 
@@ -323,7 +380,7 @@ int re_regex(const char *ptr, size_t len, const char *expr, ...)
 	struct step svbuf[STEP_MAX];
 	const struct step *sv = svbuf;
 	struct pl *plv[STEP_MAX];
-	size_t n = 0, i, k = 0, el;
+	size_t n = 0, ncls = 0, i, k = 0, el;
 	struct centry *ce = NULL;
 	struct pentry *pe = NULL;
 	uint32_t h;
@@ -336,15 +393,19 @@ int re_regex(const char *ptr, size_t len, const char *expr, ...)
 		lower_init();
 
 	/* libre passes string literals: the expression's address finds
-	 * its entry without hashing the text; strcmp (vectorized) confirms
-	 * it, for callers that print expressions into one buffer */
+	 * its entry without hashing the text. A literal in a read-only
+	 * segment cannot change; elsewhere (a caller printing expressions
+	 * into one buffer) strcmp confirms the text. gen notices that the
+	 * entry was reused for another expression. */
 	if (!cache)
 		cache = calloc(1, sizeof(*cache));   /* per thread */
 	if (cache) {
 		pe = &cache->byptr[((uintptr_t)expr >> 3) % PCACHE];
-		if (pe->expr == expr && pe->ce && !strcmp(pe->ce->expr, expr)) {
+		if (pe->expr == expr && pe->ce && pe->gen == pe->ce->gen &&
+		    (pe->ro || !strcmp(pe->ce->expr, expr))) {
 			sv = pe->ce->sv;
 			n = pe->ce->n;
+			ncls = pe->ce->ncls;
 			goto compiled;
 		}
 	}
@@ -356,21 +417,28 @@ int re_regex(const char *ptr, size_t len, const char *expr, ...)
 	if (ce && ce->hash == h && ce->n && !memcmp(ce->expr, expr, el + 1)) {
 		sv = ce->sv;
 		n = ce->n;
+		ncls = ce->ncls;
 	}
 	else {
 		err = compile(svbuf, &n, expr);
 		if (err)
 			return err;
+		for (i = 0; i < n; i++)
+			ncls += svbuf[i].cls;
 		if (ce) {
 			memcpy(ce->expr, expr, el + 1);
 			memcpy(ce->sv, svbuf, n * sizeof(svbuf[0]));
 			ce->n = n;
+			ce->ncls = ncls;
 			ce->hash = h;
+			++ce->gen;
 		}
 	}
 	if (pe) {
 		pe->expr = expr;
 		pe->ce = (ce && ce->n) ? ce : NULL;
+		pe->gen = pe->ce ? pe->ce->gen : 0;
+		pe->ro = expr_ro(expr);
 	}
 
  compiled:
@@ -378,9 +446,8 @@ int re_regex(const char *ptr, size_t len, const char *expr, ...)
 		return 0;
 
 	va_start(ap, expr);
-	for (i = 0; i < n; i++)
-		if (sv[i].cls)
-			plv[k++] = va_arg(ap, struct pl *);
+	for (k = 0; k < ncls; k++)
+		plv[k] = va_arg(ap, struct pl *);
 	va_end(ap);
 
 	/* a literal first step: only where its byte (either case) is */
