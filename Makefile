@@ -89,7 +89,7 @@ ASAN_FLAGS	= -fsanitize=address -fno-omit-frame-pointer
 LIBASAN		= $(shell $(CC) -print-file-name=libasan.so)
 ASAN_OPTIONS	?= detect_leaks=1
 
-.PHONY: all test test-asan check demo install clean bench deps prompts
+.PHONY: all test test-asan check demo install clean bench deps prompts difftest
 
 all: $(CORE)
 
@@ -110,8 +110,21 @@ $(STATIC_LIBS):
 # .busted sets lpath, cpath (build/?.so), ROOT spec/ and excludes #slow.
 # busted re-runs itself under --lua with its arguments joined by spaces,
 # unquoted: BUSTED_ARGS values must not contain spaces.
-test: all prompts
+test: all prompts difftest
 	$(BUSTED) --lua=$(LUA) $(BUSTED_ARGS)
+
+# Differential tests of the libre replacements (tools/difftest/): our
+# csrc/X.c with its symbols renamed, against Debian's libre.so, on
+# mutated real SIP values and random input; exit 1 on any difference.
+DIFFTESTS	= regex
+difftest: $(DIFFTESTS:%=$(BUILD)/difftest/%_diff)
+	@set -e; for t in $^; do echo "$$t"; $$t; done
+
+$(BUILD)/difftest/regex_diff: tools/difftest/regex_diff.c csrc/regex.c $(HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(LSIP_CFLAGS) -fvisibility=default \
+		-Dre_regex=lsip_re_regex -c -o $@.o csrc/regex.c
+	$(CC) $(CFLAGS) $(LSIP_CFLAGS) -o $@ $< $@.o -lre
 
 # Sanitized build in build-asan/; the uninstrumented lua5.4 needs libasan
 # preloaded. Specs tagged #noasan (subprocess-heavy ones) are skipped.

@@ -263,6 +263,72 @@ static int route_nth(char **urip, const struct sip_msg *msg, uint32_t n)
 /* ---- building the forwarded request ---- */
 
 
+/*
+ * "name: value\r\n" copied into mb: the same bytes as
+ * mbuf_printf(mb, "%r: %r\r\n", name, value) without the formatter,
+ * which cost ~700 instructions per header line (a proxied call copies
+ * about sixty lines).
+ */
+static int hdr_line(struct mbuf *mb, const struct pl *name,
+		    const struct pl *val)
+{
+	size_t need = name->l + val->l + 4;
+	uint8_t *p;
+
+	if (mb->pos + need > mb->size) {
+		int err = mbuf_resize(mb, (mb->pos + need) * 2);
+		if (err)
+			return err;
+	}
+
+	p = mb->buf + mb->pos;
+	if (name->l)
+		memcpy(p, name->p, name->l);
+	p += name->l;
+	*p++ = ':';
+	*p++ = ' ';
+	if (val->l)
+		memcpy(p, val->p, val->l);
+	p += val->l;
+	*p++ = '\r';
+	*p++ = '\n';
+	mb->pos += need;
+	if (mb->end < mb->pos)
+		mb->end = mb->pos;
+	return 0;
+}
+
+
+/* "name: n\r\n", as mbuf_printf(mb, "name: %zu\r\n", n) would write */
+static int num_line(struct mbuf *mb, const char *name, size_t n)
+{
+	char d[24];
+	struct pl nm, val;
+	size_t i = sizeof(d);
+
+	do {
+		d[--i] = (char)('0' + n % 10);
+		n /= 10;
+	} while (n);
+
+	pl_set_str(&nm, name);
+	val.p = d + i;
+	val.l = sizeof(d) - i;
+	return hdr_line(mb, &nm, &val);
+}
+
+
+/* the bytes of a pl (none when it is empty) */
+static int put_pl(struct mbuf *mb, const struct pl *pl)
+{
+	return pl->l ? mbuf_write_mem(mb, (const uint8_t *)pl->p, pl->l) : 0;
+}
+
+
+static const struct pl pl_via = PL("Via");
+static const struct pl pl_route = PL("Route");
+
+
 /* the previous hop's Via, with received= and rport= (RFC 3581) */
 static int via_received(struct mbuf *mb, const struct sip_msg *msg,
 			const struct sip_hdr *hdr)
@@ -277,7 +343,8 @@ static int via_received(struct mbuf *mb, const struct sip_msg *msg,
 	    via->params.p <= hdr->val.p + hdr->val.l)
 		head.l = via->params.p - hdr->val.p;
 
-	err = mbuf_printf(mb, "Via: %r", &head);
+	err = mbuf_write_str(mb, "Via: ");
+	err |= put_pl(mb, &head);
 
 	rest.p = head.p + head.l;
 	rest.l = hdr->val.l - head.l;
@@ -320,7 +387,8 @@ static int via_received(struct mbuf *mb, const struct sip_msg *msg,
 			continue;
 		}
 
-		err |= mbuf_printf(mb, ";%r", &prm);
+		err |= mbuf_write_u8(mb, ';');
+		err |= put_pl(mb, &prm);
 	}
 
 	if (rport || !sa_cmp(&msg->src, &via->addr, SA_ADDR))
@@ -415,8 +483,7 @@ static int build_rest(struct mbuf **mbp, const struct sip_msg *msg,
 
 		case SIP_HDR_VIA:
 			if (viac++)
-				err |= mbuf_printf(mb, "Via: %r\r\n",
-						   &hdr->val);
+				err |= hdr_line(mb, &pl_via, &hdr->val);
 			else
 				err |= via_received(mb, msg, hdr);
 			break;
@@ -426,8 +493,7 @@ static int build_rest(struct mbuf **mbp, const struct sip_msg *msg,
 				break;
 			maxfwd = true;
 			mf = pl_u32(&hdr->val);
-			err |= mbuf_printf(mb, "Max-Forwards: %u\r\n",
-					   mf ? mf - 1 : 0);
+			err |= num_line(mb, "Max-Forwards", mf ? mf - 1 : 0);
 			break;
 
 		case SIP_HDR_ROUTE:
@@ -437,29 +503,27 @@ static int build_rest(struct mbuf **mbp, const struct sip_msg *msg,
 				err |= route_line(mb, route);
 				routed = true;
 			}
-			err |= mbuf_printf(mb, "Route: %r\r\n", &hdr->val);
+			err |= hdr_line(mb, &pl_route, &hdr->val);
 			break;
 
 		case SIP_HDR_CONTENT_LENGTH:
 			break;
 
 		default:
-			err |= mbuf_printf(mb, "%r: %r\r\n", &hdr->name,
-					   &hdr->val);
+			err |= hdr_line(mb, &hdr->name, &hdr->val);
 			break;
 		}
 	}
 
 	if (!maxfwd)
-		err |= mbuf_printf(mb, "Max-Forwards: %u\r\n",
-				   MAXFWD_DEFAULT - 1);
+		err |= num_line(mb, "Max-Forwards", MAXFWD_DEFAULT - 1);
 	if (!routed)
 		err |= route_line(mb, route);
 	if (hdrs)
 		err |= mbuf_write_mem(mb, hdrs->buf, hdrs->end);
 
-	err |= mbuf_printf(mb, "Content-Length: %zu\r\n\r\n",
-			   mbuf_get_left(msg->mb));
+	err |= num_line(mb, "Content-Length", mbuf_get_left(msg->mb));
+	err |= mbuf_write_str(mb, "\r\n");
 	err |= mbuf_write_mem(mb, mbuf_buf(msg->mb), mbuf_get_left(msg->mb));
 	if (err) {
 		mem_deref(mb);
@@ -505,7 +569,7 @@ static int resp_encode(struct mbuf **mbp, const struct sip_msg *resp,
 		if (hdr->id == SIP_HDR_VIA && !viac++)
 			continue;
 
-		err |= mbuf_printf(mb, "%r: %r\r\n", &hdr->name, &hdr->val);
+		err |= hdr_line(mb, &hdr->name, &hdr->val);
 	}
 
 	if (extra)

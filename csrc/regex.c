@@ -31,6 +31,7 @@
 
 #include "lsip.h"
 #include <stdlib.h>
+#include <link.h>
 
 
 enum {
@@ -38,10 +39,13 @@ enum {
 };
 
 struct step {
-	uint8_t set[32];          /* class: bytes (lower case) matched */
+	uint8_t tab[256];         /* class: 1 for input bytes matched
+				   * (either case); a byte per entry keeps
+				   * the scan loop to one load and test */
 	uint32_t nmin, nmax;
-	uint8_t lit;              /* literal byte, lower case */
+	uint8_t lit, ulit;        /* literal byte, lower and upper case */
 	bool cls;
+	bool all;                 /* class matches every byte: "[^]" */
 	bool qesc;                /* "~": skip quoted strings, escapes */
 };
 
@@ -51,16 +55,83 @@ struct step {
 enum { CACHE = 64, EXPR_MAX = 96 };
 
 struct centry {
+	uint32_t gen;             /* bumped when the entry is reused */
 	char expr[EXPR_MAX];
 	struct step sv[STEP_MAX];
 	size_t n;
+	size_t ncls;              /* classes among the steps */
 	uint32_t hash;
 };
 
-static __thread struct centry *cache;
+enum { PCACHE = 128 };
+
+struct pentry {
+	const char *expr;         /* address the expression came from */
+	struct centry *ce;
+	uint32_t gen;             /* ce->gen when this was set */
+	bool ro;                  /* expr lies in a read-only segment */
+};
+
+struct rcache {
+	struct centry bytext[CACHE];
+	struct pentry byptr[PCACHE];
+};
+
+static __thread struct rcache *cache;
 
 static uint8_t lower[256];
 static bool lower_ready;
+
+/* the read-only PT_LOAD segments of the object holding this code
+ * (libre's string literals are there: it is linked in statically) */
+enum { RO_MAX = 4 };
+static struct { uintptr_t lo, hi; } ro[RO_MAX];
+static int nro;
+
+
+static int phdr_handler(struct dl_phdr_info *info, size_t size, void *arg)
+{
+	uintptr_t self = (uintptr_t)arg;
+	bool mine = false;
+	int i;
+
+	(void)size;
+
+	for (i = 0; i < info->dlpi_phnum; i++) {
+		const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+		uintptr_t lo = info->dlpi_addr + ph->p_vaddr;
+
+		if (ph->p_type == PT_LOAD && self >= lo &&
+		    self < lo + ph->p_memsz)
+			mine = true;
+	}
+	if (!mine)
+		return 0;
+
+	for (i = 0; i < info->dlpi_phnum && nro < RO_MAX; i++) {
+		const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+
+		if (ph->p_type != PT_LOAD || (ph->p_flags & PF_W))
+			continue;
+		ro[nro].lo = info->dlpi_addr + ph->p_vaddr;
+		ro[nro].hi = ro[nro].lo + ph->p_memsz;
+		++nro;
+	}
+	return 1;
+}
+
+
+/* true when expr cannot change: it lies in our read-only segments */
+static bool expr_ro(const char *expr)
+{
+	uintptr_t a = (uintptr_t)expr;
+	int i;
+
+	for (i = 0; i < nro; i++)
+		if (a >= ro[i].lo && a < ro[i].hi)
+			return true;
+	return false;
+}
 
 
 static void lower_init(void)
@@ -69,6 +140,7 @@ static void lower_init(void)
 
 	for (i = 0; i < 256; i++)
 		lower[i] = (uint8_t)((i >= 'A' && i <= 'Z') ? i + 32 : i);
+	(void)dl_iterate_phdr(phdr_handler, (void *)(uintptr_t)lower);
 	lower_ready = true;
 }
 
@@ -85,6 +157,14 @@ static inline void set_add(uint8_t *set, uint8_t c)
 }
 
 
+static inline void lit_set(struct step *s, uint8_t c)
+{
+	s->lit = lower[c];
+	s->ulit = (s->lit >= 'a' && s->lit <= 'z') ?
+		(uint8_t)(s->lit - 32) : s->lit;
+}
+
+
 /* expression -> steps; EINVAL when it is malformed */
 static int compile(struct step *sv, size_t *np, const char *e)
 {
@@ -92,7 +172,7 @@ static int compile(struct step *sv, size_t *np, const char *e)
 
 	while (*e) {
 		struct step *s;
-		uint8_t lo[64], hi[64];
+		uint8_t lo[64], hi[64], lset[32];
 		uint32_t nr = 0;
 		bool neg = false, range = false, esc;
 
@@ -105,13 +185,13 @@ static int compile(struct step *sv, size_t *np, const char *e)
 			if (!*e)
 				break;             /* a trailing "\": ignored */
 			s->cls = false;
-			s->lit = lower[(uint8_t)*e++];
+			lit_set(s, (uint8_t)*e++);
 			++n;
 			continue;
 		}
 		if (*e != '[') {
 			s->cls = false;
-			s->lit = lower[(uint8_t)*e++];
+			lit_set(s, (uint8_t)*e++);
 			++n;
 			continue;
 		}
@@ -185,13 +265,22 @@ static int compile(struct step *sv, size_t *np, const char *e)
 		}
 		++e;
 
-		memset(s->set, 0, sizeof(s->set));
+		memset(lset, 0, sizeof(lset));
 		for (uint32_t i = 0; i < nr; i++)
 			for (unsigned c = lo[i]; c <= hi[i]; c++)
-				set_add(s->set, (uint8_t)c);
+				set_add(lset, (uint8_t)c);
 		if (neg)
-			for (unsigned i = 0; i < sizeof(s->set); i++)
-				s->set[i] = (uint8_t)~s->set[i];
+			for (unsigned i = 0; i < sizeof(lset); i++)
+				lset[i] = (uint8_t)~lset[i];
+
+		/* fold the case here, not per input byte: an input byte
+		 * matches when its lower case is in the class */
+		s->all = true;
+		for (unsigned c = 0; c < 256; c++) {
+			s->tab[c] = in_set(lset, lower[c]);
+			if (!s->tab[c])
+				s->all = false;
+		}
 		++n;
 	}
 
@@ -214,7 +303,7 @@ static int try_at(const struct step *sv, size_t n, const char *p, size_t l,
 		if (!s->cls) {
 			if (!l)
 				return EEXIST;
-			if (lower[(uint8_t)*p] != s->lit)
+			if ((uint8_t)*p != s->lit && (uint8_t)*p != s->ulit)
 				return ENOENT;
 			++p;
 			--l;
@@ -222,13 +311,20 @@ static int try_at(const struct step *sv, size_t n, const char *p, size_t l,
 		}
 
 		m.p = p;
-		if (!s->qesc) {
-			while (l && nm < s->nmax &&
-			       in_set(s->set, lower[(uint8_t)*p])) {
-				++p;
-				--l;
-				++nm;
-			}
+		if (s->all && !s->qesc) {
+			nm = l < s->nmax ? (uint32_t)l : s->nmax;
+			p += nm;
+			l -= nm;
+		}
+		else if (!s->qesc) {
+			const uint8_t *q = (const uint8_t *)p;
+			const uint8_t *end = q + (l < s->nmax ? l : s->nmax);
+
+			while (q < end && s->tab[*q])
+				++q;
+			nm = (uint32_t)(q - (const uint8_t *)p);
+			p = (const char *)q;
+			l -= nm;
 		}
 		else {
 			bool quote = false, esc = false;
@@ -248,7 +344,7 @@ static int try_at(const struct step *sv, size_t n, const char *p, size_t l,
 				}
 				if (quote)
 					continue;
-				if (!in_set(s->set, lower[(uint8_t)*p]))
+				if (!s->tab[(uint8_t)*p])
 					break;
 			}
 		}
@@ -284,8 +380,9 @@ int re_regex(const char *ptr, size_t len, const char *expr, ...)
 	struct step svbuf[STEP_MAX];
 	const struct step *sv = svbuf;
 	struct pl *plv[STEP_MAX];
-	size_t n = 0, i, k = 0, el;
+	size_t n = 0, ncls = 0, i, k = 0, el;
 	struct centry *ce = NULL;
+	struct pentry *pe = NULL;
 	uint32_t h;
 	va_list ap;
 	int err;
@@ -295,42 +392,68 @@ int re_regex(const char *ptr, size_t len, const char *expr, ...)
 	if (!lower_ready)
 		lower_init();
 
+	/* libre passes string literals: the expression's address finds
+	 * its entry without hashing the text. A literal in a read-only
+	 * segment cannot change; elsewhere (a caller printing expressions
+	 * into one buffer) strcmp confirms the text. gen notices that the
+	 * entry was reused for another expression. */
+	if (!cache)
+		cache = calloc(1, sizeof(*cache));   /* per thread */
+	if (cache) {
+		pe = &cache->byptr[((uintptr_t)expr >> 3) % PCACHE];
+		if (pe->expr == expr && pe->ce && pe->gen == pe->ce->gen &&
+		    (pe->ro || !strcmp(pe->ce->expr, expr))) {
+			sv = pe->ce->sv;
+			n = pe->ce->n;
+			ncls = pe->ce->ncls;
+			goto compiled;
+		}
+	}
+
 	for (el = 0, h = 2166136261u; expr[el]; el++)
 		h = (h ^ (uint8_t)expr[el]) * 16777619u;
-	if (el < EXPR_MAX) {
-		if (!cache)
-			cache = calloc(CACHE, sizeof(*cache));   /* per thread */
-		if (cache)
-			ce = &cache[(h ^ (h >> 16)) % CACHE];
-	}
+	if (el < EXPR_MAX && cache)
+		ce = &cache->bytext[(h ^ (h >> 16)) % CACHE];
 	if (ce && ce->hash == h && ce->n && !memcmp(ce->expr, expr, el + 1)) {
 		sv = ce->sv;
 		n = ce->n;
+		ncls = ce->ncls;
 	}
 	else {
 		err = compile(svbuf, &n, expr);
 		if (err)
 			return err;
+		for (i = 0; i < n; i++)
+			ncls += svbuf[i].cls;
 		if (ce) {
 			memcpy(ce->expr, expr, el + 1);
 			memcpy(ce->sv, svbuf, n * sizeof(svbuf[0]));
 			ce->n = n;
+			ce->ncls = ncls;
 			ce->hash = h;
+			++ce->gen;
 		}
 	}
+	if (pe) {
+		pe->expr = expr;
+		pe->ce = (ce && ce->n) ? ce : NULL;
+		pe->gen = pe->ce ? pe->ce->gen : 0;
+		pe->ro = expr_ro(expr);
+	}
+
+ compiled:
 	if (!n)
 		return 0;
 
 	va_start(ap, expr);
-	for (i = 0; i < n; i++)
-		if (sv[i].cls)
-			plv[k++] = va_arg(ap, struct pl *);
+	for (k = 0; k < ncls; k++)
+		plv[k] = va_arg(ap, struct pl *);
 	va_end(ap);
 
 	/* a literal first step: only where its byte (either case) is */
 	if (!sv[0].cls) {
 		uint8_t a = sv[0].lit;
-		uint8_t b = (a >= 'a' && a <= 'z') ? (uint8_t)(a - 32) : a;
+		uint8_t b = sv[0].ulit;
 		const char *p = ptr, *end = ptr + len;
 
 		while (p < end) {
