@@ -10,16 +10,7 @@ local USERS = { alice = "secret" }
 local ALICE = { user = "alice", password = "secret" }
 
 
--- h.run, then let in-flight ACK/BYE land and collect unreachable boxes
-local function run(fn, seconds)
-    return h.run(function()
-        local ok, err = xpcall(fn, debug.traceback)
-        sip.sleep(0.05)
-        collectgarbage()
-        collectgarbage()
-        if not ok then error(err, 0) end
-    end, seconds or 5)
-end
+local run = h.run_settled
 
 
 local function assert_clean()

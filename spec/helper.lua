@@ -39,12 +39,12 @@ end
 
 
 --- h.run, then let the loop settle: after fn returns (or fails) the scenario
--- sleeps 50 ms so BYEs, ACKs and media teardown go out, and collects garbage
+-- sleeps `settle` seconds (default 0.05) so BYEs, ACKs and media teardown go out, and collects garbage
 -- twice so after_each checks see every object the scenario dropped.
-function h.run_settled(fn, seconds)
+function h.run_settled(fn, seconds, settle)
     return h.run(function()
         local ok, err = xpcall(fn, debug.traceback)
-        sip.sleep(0.05)
+        sip.sleep(settle or 0.05)
         collectgarbage()
         collectgarbage()
         if not ok then error(err, 0) end

@@ -9,15 +9,7 @@ local has_socket, socket = pcall(require, "socket")
 
 
 -- let in-flight ACK/BYE/CANCEL land, then collect unreachable boxes
-local function run(fn, seconds)
-    return h.run(function()
-        local ok, err = xpcall(fn, debug.traceback)
-        sip.sleep(0.1)
-        collectgarbage()
-        collectgarbage()
-        if not ok then error(err, 0) end
-    end, seconds)
-end
+local function run(fn, seconds) return h.run_settled(fn, seconds, 0.1) end
 
 
 -- nothing waits, nothing keeps the loop, no response context is live
