@@ -385,22 +385,34 @@ static void udp_tune(struct lsip_ep *ep, const struct sip_msg *msg)
 }
 
 
+/* the next comma-separated token of *rest (trimmed) into t; false at end */
+static bool next_token(struct pl *rest, struct pl *t)
+{
+	while (rest->l) {
+		const char *c = pl_strchr(rest, ',');
+
+		t->p = rest->p;
+		t->l = c ? (size_t)(c - rest->p) : rest->l;
+		pl_advance(rest, c ? (ssize_t)t->l + 1 : (ssize_t)t->l);
+		while (t->l && (*t->p == ' ' || *t->p == '\t'))
+			pl_advance(t, 1);
+		while (t->l && (t->p[t->l - 1] == ' ' || t->p[t->l - 1] == '\t'))
+			--t->l;
+		if (t->l)
+			return true;
+	}
+
+	return false;
+}
+
+
 static bool tag_listed(const char *list, const struct pl *tag)
 {
 	struct pl rest, t;
 
 	pl_set_str(&rest, list);
-	while (rest.l) {
-		const char *c = pl_strchr(&rest, ',');
-
-		t.p = rest.p;
-		t.l = c ? (size_t)(c - rest.p) : rest.l;
-		pl_advance(&rest, c ? t.l + 1 : t.l);
-		while (t.l && (*t.p == ' ' || *t.p == '\t'))
-			pl_advance(&t, 1);
-		while (t.l && (t.p[t.l - 1] == ' ' || t.p[t.l - 1] == '\t'))
-			--t.l;
-		if (t.l && !pl_casecmp(&t, tag))
+	while (next_token(&rest, &t)) {
+		if (!pl_casecmp(&t, tag))
 			return true;
 	}
 
@@ -423,17 +435,8 @@ static bool require_apply(const struct sip_hdr *hdr, const struct sip_msg *msg,
 	struct pl rest = hdr->val, t;
 	(void)msg;
 
-	while (rest.l) {
-		const char *c = pl_strchr(&rest, ',');
-
-		t.p = rest.p;
-		t.l = c ? (size_t)(c - rest.p) : rest.l;
-		pl_advance(&rest, c ? t.l + 1 : t.l);
-		while (t.l && (*t.p == ' ' || *t.p == '\t'))
-			pl_advance(&t, 1);
-		while (t.l && (t.p[t.l - 1] == ' ' || t.p[t.l - 1] == '\t'))
-			--t.l;
-		if (!t.l || tag_listed(rc->supported, &t))
+	while (next_token(&rest, &t)) {
+		if (tag_listed(rc->supported, &t))
 			continue;
 
 		rc->any = true;
