@@ -26,7 +26,11 @@
  *
  * Copyright (C) 2026 luasip authors
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE 1       /* SCHED_IDLE */
+#endif
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -131,7 +135,16 @@ static int block_write(struct block *b)
 
 static void *writer_main(void *arg)
 {
+	struct sched_param sp = {0};
 	(void)arg;
+
+	/*
+	 * Run only when the loop does not want the CPU: on a core shared with
+	 * the loop (taskset, a one-core machine), the writer woken with a
+	 * backlog of blocks would otherwise take a whole scheduler slice, some
+	 * milliseconds, and every call's next RTP packet would wait for it.
+	 */
+	(void)pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp);
 
 	pthread_mutex_lock(&lock);
 	for (;;) {
