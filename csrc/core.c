@@ -52,6 +52,7 @@ static int l_sentinel_gc(lua_State *L)
 		 * ("fd N in use"): not news at lua_close, so mute it */
 		dbg_init(DBG_ERR, DBG_NONE);
 		lsip_stack_close();
+		lsip_prompt_flush();
 		fflush(stderr);
 		fd = dup(STDERR_FILENO);
 		null = open("/dev/null", O_WRONLY);

@@ -209,6 +209,13 @@ int lsip_recfile_write(struct lsip_recfile *r, const int16_t *s, size_t n);
 int lsip_recfile_close(struct lsip_recfile *r, uint64_t *droppedp);
 uint64_t lsip_recfile_dropped(void);
 void lsip_recfile_shutdown(void);
+/* prompt.c: WAV prompts read once and shared by their players */
+struct lsip_prompt;
+struct aufile_prm;
+int lsip_prompt_get(struct lsip_prompt **pp, const char *path,
+		    struct aufile_prm *prm);
+const int16_t *lsip_prompt_pcm(const struct lsip_prompt *p, size_t *np);
+void lsip_prompt_flush(void);
 /* srtp_ossl.c: OpenSSL AES-ICM-128 and HMAC-SHA1 for libsrtp2 */
 const char *lsip_srtp_ossl_install(void);
 /* srtp.c: SRTP of one media line (NULL: policy off); see srtp.c */

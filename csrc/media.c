@@ -38,7 +38,8 @@ enum {
 
 enum src_type {
 	SRC_NONE = 0,
-	SRC_FILE,
+	SRC_FILE,                      /* streamed: files over prompt.c's cap */
+	SRC_PROMPT,                    /* from prompt.c's shared samples */
 	SRC_TONE,
 	SRC_SILENCE,
 	SRC_ECHO,
@@ -75,6 +76,8 @@ struct lsip_media {
 	enum src_type src;
 	struct aufile *play_af;
 	bool play_16k;
+	struct lsip_prompt *prompt;
+	size_t prompt_pos;             /* next sample */
 	struct mbuf *tone;        /* one second of samples, looped */
 	uint32_t left;            /* samples left (tone, silence, echo) */
 	bool playing;
@@ -140,6 +143,7 @@ static uint64_t now_us(void)
 static void play_stop(struct lsip_media *m)
 {
 	m->play_af = mem_deref(m->play_af);
+	m->prompt = mem_deref(m->prompt);
 	m->tone = mem_deref(m->tone);
 	m->src = SRC_NONE;
 	m->left = 0;
@@ -437,6 +441,19 @@ static bool play_pull(struct lsip_media *m, int16_t *s)
 			memcpy(s, buf, n * 2);
 		}
 		return false;
+
+	case SRC_PROMPT: {
+		const int16_t *pcm = lsip_prompt_pcm(m->prompt, &n);
+
+		if (m->prompt_pos >= n)
+			return true;
+		n -= m->prompt_pos;
+		if (n > FRAME)
+			n = FRAME;
+		memcpy(s, pcm + m->prompt_pos, n * 2);
+		m->prompt_pos += n;
+		return false;
+	}
 
 	case SRC_TONE:
 		n = m->left < FRAME ? m->left : FRAME;
@@ -913,21 +930,23 @@ static int l_media_play_file(lua_State *L)
 {
 	struct lsip_media *m = media_check(L);
 	const char *path = luaL_checkstring(L, 2);
+	struct lsip_prompt *prompt = NULL;
 	struct aufile_prm prm;
-	struct aufile *af;
+	struct aufile *af = NULL;
 	int err;
 
-	err = aufile_open(&af, &prm, path, AUFILE_READ);
-	if (err) {
-		lua_pushnil(L);
-		lua_pushfstring(L, "play: %s: %s", path, strerror(err));
-		lua_pushinteger(L, err);
-		return 3;
+	err = lsip_prompt_get(&prompt, path, &prm);
+	if (err == ENOSPC) {
+		/* too large to keep in memory: stream it */
+		err = aufile_open(&af, &prm, path, AUFILE_READ);
+		if (!err && (prm.fmt != AUFMT_S16LE || prm.channels != 1 ||
+			     (prm.srate != 8000 && prm.srate != 16000))) {
+			af = mem_deref(af);
+			err = ENOTSUP;
+		}
 	}
 
-	if (prm.fmt != AUFMT_S16LE || prm.channels != 1 ||
-	    (prm.srate != 8000 && prm.srate != 16000)) {
-		mem_deref(af);
+	if (err == ENOTSUP) {
 		lua_pushnil(L);
 		lua_pushfstring(L, "play: %s: unsupported format (%d Hz, "
 				"%d channels; 8000 or 16000 Hz mono 16-bit "
@@ -936,11 +955,24 @@ static int l_media_play_file(lua_State *L)
 		lua_pushinteger(L, ENOTSUP);
 		return 3;
 	}
+	if (err) {
+		lua_pushnil(L);
+		lua_pushfstring(L, "play: %s: %s", path, strerror(err));
+		lua_pushinteger(L, err);
+		return 3;
+	}
 
 	play_stop(m);
-	m->play_af = af;
-	m->play_16k = prm.srate == 16000;
-	m->src = SRC_FILE;
+	if (prompt) {
+		m->prompt = prompt;
+		m->prompt_pos = 0;
+		m->src = SRC_PROMPT;
+	}
+	else {
+		m->play_af = af;
+		m->play_16k = prm.srate == 16000;
+		m->src = SRC_FILE;
+	}
 	m->playing = true;
 	lua_pushboolean(L, 1);
 	return 1;

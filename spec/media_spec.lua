@@ -241,6 +241,70 @@ describe("luasip.media", function()
         assert.is_true(math.abs(f - 1000) < 20, "frequency " .. f)
     end)
 
+    it("plays a prompt again with its new content once the file changed", function()
+        -- csrc/prompt.c keeps prompts in memory; a file rewritten on
+        -- disk must be read again, not served from the cache
+        local src, path = tmpwav(), tmpwav()
+        write_wav(src, 8000, 1, 600, 1.0)
+        local dur
+        run(function()
+            local a, b, uri = pair()
+            b:on("INVITE", function(call)
+                assert(call:answer { media = true })
+                dur = call:record(path, { max = 2.4 })
+                call:wait_hangup(3)
+            end)
+            local call = assert(a:call(uri, { media = true, timeout = 5 }))
+            assert.is_true(call:play(src))
+            write_wav(src, 16000, 1, 1000, 1.2)
+            assert.is_true(call:play(src))
+            call:hangup()
+        end, 8)
+        local samples, rate = read_wav(path)
+        for _, p in ipairs { src, path } do os.remove(p) end
+        assert.is_true(dur > 2, "duration " .. tostring(dur))
+        local f1 = frequency(samples, rate, 0.2 * rate, 0.8 * rate)
+        local f2 = frequency(samples, rate, 1.4 * rate, 2.0 * rate)
+        assert.is_true(math.abs(f1 - 600) < 20, "first play at " .. f1)
+        assert.is_true(math.abs(f2 - 1000) < 20, "second play at " .. f2)
+    end)
+
+    it("streams a WAV file too large for the prompt cache", function()
+        -- over csrc/prompt.c's PROMPT_MAX (4 MB): played from the file
+        local src, path = tmpwav(), tmpwav()
+        local period = {}
+        for i = 0, 15 do   -- 1000 Hz at 16 kHz: 16 samples a period
+            period[#period + 1] = string.pack("<i2",
+                math.floor(12000 * math.sin(2 * math.pi * i / 16)))
+        end
+        local data = table.concat(period):rep(16000 / 16 * 140)  -- 140 s
+        local f = assert(io.open(src, "wb"))
+        f:write("RIFF", string.pack("<I4", 36 + #data), "WAVE",
+                "fmt ", string.pack("<I4I2I2I4I4I2I2", 16, 1, 1, 16000,
+                                    32000, 2, 16),
+                "data", string.pack("<I4", #data), data)
+        f:close()
+        assert.is_true(#data > 4 * 1024 * 1024)
+        local dur
+        run(function()
+            local a, b, uri = pair()
+            b:on("INVITE", function(call)
+                assert(call:answer { media = true })
+                dur = call:record(path, { max = 1 })
+                call:wait_hangup(3)
+            end)
+            local call = assert(a:call(uri, { media = true, timeout = 5 }))
+            sip.spawn(function() call:play(src) end)
+            sip.sleep(1.2)
+            call:hangup()
+        end, 6)
+        local samples, rate = read_wav(path)
+        for _, p in ipairs { src, path } do os.remove(p) end
+        assert.is_true(dur > 0.9, "duration " .. tostring(dur))
+        local fr = frequency(samples, rate, 801, #samples - 400)
+        assert.is_true(math.abs(fr - 1000) < 20, "frequency " .. fr)
+    end)
+
     it("returns nil, 'timeout', ETIMEDOUT from collect() with nothing sent", function()
         run(function()
             local a, b, uri = pair()
