@@ -2,7 +2,7 @@
 -- its header promises.
 local h = require "spec.helper"
 
-local ENV = "env LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/?.so;;' "
+local ENV = h.ENV
 
 local function run(cmd)
     local f = assert(io.popen("timeout 20 " .. cmd .. " 2>&1; echo \"rc=$?\""))

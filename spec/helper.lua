@@ -150,6 +150,13 @@ function h.free_port()
 end
 
 
+--- "env LUA_PATH_5_4='..' LUA_CPATH_5_4='..' ", the prefix of a shell
+-- command that runs a child lua5.4 on the modules this busted run uses:
+-- lua/ and build/, or build-asan/ under `make test-asan` (busted's
+-- --cpath), so that child processes are checked by the same build.
+h.ENV = ("env LUA_PATH_5_4='%s' LUA_CPATH_5_4='%s' "):format(package.path, package.cpath)
+
+
 --- Start a shell command in the background; returns its PID.
 -- Output goes to `log`. The caller stops it with h.kill(pid).
 function h.spawn_process(cmd, log)

@@ -6,7 +6,8 @@
 -- published test vector must come out of both.
 local core = require "luasip.core"
 
-local ENV = "LUA_PATH_5_4='lua/?.lua;lua/?/init.lua;;' LUA_CPATH_5_4='build/?.so;;' "
+local h = require "spec.helper"
+local ENV = h.ENV
 
 -- the packets, protected with a fixed key, as hex lines; runs here and in
 -- the child (the same source: string.dump would do too, this is plainer)

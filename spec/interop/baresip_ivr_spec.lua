@@ -12,7 +12,7 @@ local audio = require "spec.audio_helper"
 local b = require "spec.interop.baresip_helper"
 local sip = h.sip
 
-local ENV = "env LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/?.so;;' "
+local ENV = h.ENV
 
 
 -- wait (yielding) for pattern in the IVR's log after byte `from`

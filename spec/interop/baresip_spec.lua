@@ -11,7 +11,7 @@
 local h = require "spec.helper"
 local sip = h.sip
 
-local ENV = "env LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/?.so;;' "
+local ENV = h.ENV
 local b = require "spec.interop.baresip_helper"
 local missing, free_ports, write, wait_until, ctrl_connect =
     b.missing, b.free_ports, b.write, b.wait_until, b.ctrl_connect

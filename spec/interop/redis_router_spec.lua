@@ -14,16 +14,11 @@ local socket = require "socket"
 local function aor(user) return "sip:" .. user .. "@127.0.0.1" end
 
 
-local function env()
-    return ("env LUA_PATH_5_4='%s' LUA_CPATH_5_4='%s' "):format(package.path, package.cpath)
-end
-
-
 -- start a router process; wait (blocking, outside the loop) until ready
 local function start_router(redis_port)
     local port = h.free_port()
     local log = os.tmpname()
-    local pid = h.spawn_process(env() .. ("lua5.4 spec/fixtures/redis_router.lua %d %d %s")
+    local pid = h.spawn_process(h.ENV .. ("lua5.4 spec/fixtures/redis_router.lua %d %d %s")
         :format(port, redis_port, "spec:loc:"), log)
     local rt = { pid = pid, port = port, log = log }
     local dl = socket.gettime() + 10

@@ -10,7 +10,7 @@
 local h = require "spec.helper"
 local audio = require "spec.audio_helper"
 
-local ENV = "env LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/?.so;;' "
+local ENV = h.ENV
 local SIPP_IP = "127.0.0.2"
 
 

@@ -7,7 +7,7 @@ local h = require "spec.helper"
 
 local SIPP = "sipp"
 local have_sipp = os.execute("command -v sipp >/dev/null 2>&1")
-local ENV = "env LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/?.so;;' "
+local ENV = h.ENV
 local CALLS = 200
 
 local function tmp()

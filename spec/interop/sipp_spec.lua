@@ -21,7 +21,7 @@ describe("interop with sipp", function()
     it("sipp's uac completes 200 calls against examples/answer.lua with 0 failed", function()
         local port = h.free_port()
         local alog, slog, stat = tmp(), tmp(), tmp()
-        local env = "env LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/?.so;;' "
+        local env = h.ENV
         local server = h.spawn_process(env .. "lua5.4 examples/answer.lua " .. port .. " 30", alog)
         local ok, err = pcall(function()
             -- wait until the server says it listens
