@@ -28,6 +28,17 @@ end
 
 
 
+-- write 16-bit PCM samples (a string) as a WAV file
+local function write_wav_data(path, rate, channels, data)
+    local f = assert(io.open(path, "wb"))
+    f:write("RIFF", string.pack("<I4", 36 + #data), "WAVE",
+            "fmt ", string.pack("<I4I2I2I4I4I2I2", 16, 1, channels, rate,
+                                rate * 2 * channels, 2 * channels, 16),
+            "data", string.pack("<I4", #data), data)
+    f:close()
+end
+
+
 -- write a 16-bit PCM WAV of a sine (channels copies of each sample)
 local function write_wav(path, rate, channels, hz, seconds)
     local n = math.floor(rate * seconds)
@@ -36,13 +47,7 @@ local function write_wav(path, rate, channels, hz, seconds)
         local v = math.floor(12000 * math.sin(2 * math.pi * hz * i / rate))
         parts[#parts + 1] = string.pack("<i2", v):rep(channels)
     end
-    local data = table.concat(parts)
-    local f = assert(io.open(path, "wb"))
-    f:write("RIFF", string.pack("<I4", 36 + #data), "WAVE",
-            "fmt ", string.pack("<I4I2I2I4I4I2I2", 16, 1, channels, rate,
-                                rate * 2 * channels, 2 * channels, 16),
-            "data", string.pack("<I4", #data), data)
-    f:close()
+    write_wav_data(path, rate, channels, table.concat(parts))
 end
 
 
@@ -278,12 +283,7 @@ describe("luasip.media", function()
                 math.floor(12000 * math.sin(2 * math.pi * i / 16)))
         end
         local data = table.concat(period):rep(16000 / 16 * 140)  -- 140 s
-        local f = assert(io.open(src, "wb"))
-        f:write("RIFF", string.pack("<I4", 36 + #data), "WAVE",
-                "fmt ", string.pack("<I4I2I2I4I4I2I2", 16, 1, 1, 16000,
-                                    32000, 2, 16),
-                "data", string.pack("<I4", #data), data)
-        f:close()
+        write_wav_data(src, 16000, 1, data)
         assert.is_true(#data > 4 * 1024 * 1024)
         local dur
         run(function()
