@@ -127,8 +127,10 @@ $(BUILD)/difftest/regex_diff: tools/difftest/regex_diff.c csrc/regex.c $(HDRS)
 	$(CC) $(CFLAGS) $(LSIP_CFLAGS) -o $@ $< $@.o -lre
 
 # Sanitized build in build-asan/; the uninstrumented lua5.4 needs libasan
-# preloaded. Specs tagged #noasan (subprocess-heavy ones) are skipped.
-test-asan:
+# preloaded, and child lua5.4 processes load build-asan/ too (spec h.ENV).
+# The prompts are made first: espeak-ng and sox do not run with libasan
+# preloaded. Specs tagged #noasan are skipped (see each for why).
+test-asan: prompts
 	$(MAKE) BUILD=build-asan CFLAGS="$(CFLAGS) $(ASAN_FLAGS)" \
 		LDFLAGS="$(LDFLAGS) -fsanitize=address" all
 	ASAN_OPTIONS=$(ASAN_OPTIONS) LD_PRELOAD=$(LIBASAN) \

@@ -3,12 +3,12 @@
 -- a message left as a 1 kHz tone is found in the recorded WAV and heard
 -- back (both measured with Goertzel and zero crossings), DTMF drives
 -- the menu in each mode (RFC 4733, SIP INFO, in-band), 0 transfers the
--- caller with REFER. Tagged #noasan: it runs a second lua5.4 process.
+-- caller with REFER.
 local h = require "spec.helper"
 local audio = require "spec.audio_helper"
 local sip = h.sip
 
-local ENV = "env LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/?.so;;' "
+local ENV = h.ENV
 local PROMPTS = "build/prompts"
 local LIFETIME = 180                     -- the IVR process exits by itself
 
@@ -72,7 +72,7 @@ local function run(fn, seconds)
 end
 
 
-describe("examples/ivr.lua #noasan", function()
+describe("examples/ivr.lua", function()
     lazy_setup(function()
         if not io.open(PROMPTS .. "/menu.wav") then
             assert(os.execute("make -s prompts >/dev/null"), "make prompts failed")

@@ -6,7 +6,7 @@
 -- the WAV file baresip's sndfile module writes), and is transferred with
 -- REFER to a luasip endpoint; and baresip transferring a call to luasip
 -- (its "transfer" command), which takes the REFER with call:on("refer")
--- and NOTIFYs the outcome. Tagged #noasan (separate processes).
+-- and NOTIFYs the outcome.
 local h = require "spec.helper"
 local audio = require "spec.audio_helper"
 local b = require "spec.interop.baresip_helper"
@@ -27,7 +27,7 @@ local function wait_log(path, pattern, from, seconds)
 end
 
 
-describe("interop with baresip calling examples/ivr.lua #noasan", function()
+describe("interop with baresip calling examples/ivr.lua", function()
     local why = b.missing()
     if why then
         pending(why)

@@ -4,7 +4,6 @@
 -- redis-server. A phone in this process registers through A; B finds the
 -- binding (MESSAGE lookup) and forwards an INVITE to it; a de-registration
 -- through B is seen by A; a restarted router still knows the binding.
--- Tagged #noasan: subprocesses.
 local h = require "spec.helper"
 local sip = h.sip
 local R = require "spec.redis_helper"
@@ -68,7 +67,7 @@ local function lookup(c, rt, user)
 end
 
 
-describe("two router processes sharing Redis #noasan", function()
+describe("two router processes sharing Redis", function()
     if not R.available then
         pending("redis-server is not installed (apt-get install redis-server)")
         return
