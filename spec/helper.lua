@@ -57,6 +57,8 @@ end
 -- cseq=, aor= (or to=, default aor), contacts={...}, expires=, extra={lines}}
 -- waits (sleeping in the loop) up to 3 s for the final response and returns
 -- code, headers (lower-case name -> {values}), raw text.
+-- uac.retransmit(i) sends the i-th REGISTER again, byte for byte (a UDP
+-- retransmission: same branch), and waits for its final response.
 function h.raw_register_uac(target, aor)
     local socket = require "socket"
     local addr = target:addresses()[1]
@@ -66,27 +68,8 @@ function h.raw_register_uac(target, aor)
     u:settimeout(0)
     local _, lport = u:getsockname()
     local n = 0
-    local uac = {}
-    function uac.register(o)
-        n = n + 1
-        local to = o.aor or o.to or aor
-        local lines = {
-            ("REGISTER sip:%s:%d SIP/2.0"):format(addr.host, addr.port),
-            ("Via: SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bKraw%d%d;rport"):format(
-                lport, n, math.random(1e6)),
-            "Max-Forwards: 70",
-            ("From: <%s>;tag=raw%d-%d"):format(to, lport, n),
-            ("To: <%s>"):format(to),
-            "Call-ID: " .. o.call_id,
-            ("CSeq: %d REGISTER"):format(o.cseq),
-        }
-        for _, v in ipairs(o.contacts or {}) do lines[#lines + 1] = "Contact: " .. v end
-        if o.expires then lines[#lines + 1] = "Expires: " .. o.expires end
-        for _, l in ipairs(o.extra or {}) do lines[#lines + 1] = l end
-        lines[#lines + 1] = "Content-Length: 0"
-        lines[#lines + 1] = ""
-        lines[#lines + 1] = ""
-        assert(u:send(table.concat(lines, "\r\n")))
+    local uac, sent = {}, {}
+    local function final()
         local dl = sip.now() + 3
         while sip.now() < dl do
             local data = u:receive()
@@ -106,6 +89,33 @@ function h.raw_register_uac(target, aor)
             end
         end
         error("no final response from the registrar")
+    end
+    function uac.register(o)
+        n = n + 1
+        local to = o.aor or o.to or aor
+        local lines = {
+            ("REGISTER sip:%s:%d SIP/2.0"):format(addr.host, addr.port),
+            ("Via: SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bKraw%d%d;rport"):format(
+                lport, n, math.random(1e6)),
+            "Max-Forwards: 70",
+            ("From: <%s>;tag=raw%d-%d"):format(to, lport, n),
+            ("To: <%s>"):format(to),
+            "Call-ID: " .. o.call_id,
+            ("CSeq: %d REGISTER"):format(o.cseq),
+        }
+        for _, v in ipairs(o.contacts or {}) do lines[#lines + 1] = "Contact: " .. v end
+        if o.expires then lines[#lines + 1] = "Expires: " .. o.expires end
+        for _, l in ipairs(o.extra or {}) do lines[#lines + 1] = l end
+        lines[#lines + 1] = "Content-Length: 0"
+        lines[#lines + 1] = ""
+        lines[#lines + 1] = ""
+        sent[n] = table.concat(lines, "\r\n")
+        assert(u:send(sent[n]))
+        return final()
+    end
+    function uac.retransmit(i)
+        assert(u:send(assert(sent[i], "no such request")))
+        return final()
     end
     function uac.close() u:close() end
     return uac

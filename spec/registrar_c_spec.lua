@@ -256,6 +256,34 @@ describe("luasip.registrar, C path", function()
         end, 10)
     end)
 
+    it("answers a retransmitted REGISTER with its first answer, byte for byte", function()
+        -- RFC 3261 17.2.2/17.2.3: a request with the branch and sent-by
+        -- of one answered within Timer J gets that answer again and is
+        -- not processed again (here it would be refused: CSeq not higher)
+        h.run(function()
+            local r = h.endpoint { user = "registrar" }
+            local reg = sip.registrar { open = true }
+            reg:attach(r)
+            local uac = raw_uac(r)
+            local code1, _, first = uac.register { call_id = "rt", cseq = 1, expires = 300,
+                                                   contacts = { "<sip:alice@127.0.0.1:1>" } }
+            assert.equal(200, code1)
+            assert.equal(1, #reg:lookup(AOR))
+            -- a later REGISTER removes the binding
+            assert.equal(200, (uac.register { call_id = "rt", cseq = 2, expires = 0,
+                                              contacts = { "<sip:alice@127.0.0.1:1>" } }))
+            assert.equal(0, #reg:lookup(AOR))
+            local code, _, again = uac.retransmit(1)
+            assert.equal(200, code)
+            assert.equal(first, again)
+            assert.equal(0, #reg:lookup(AOR))         -- not applied twice
+            local requests = reg.c:stats()
+            assert.equal(2, requests)                 -- the retransmission is not one
+            uac.close()
+            reg:close()
+        end, 10)
+    end)
+
     it("answers 503 once closed", function()
         h.run(function()
             local r = h.endpoint { user = "registrar" }
