@@ -34,6 +34,7 @@ static const struct {
 	{"srtp", lsip_open_srtp},
 	{"refer", lsip_open_refer},
 	{"registrar", lsip_open_registrar},
+	{"done", lsip_open_done},
 };
 
 
@@ -53,6 +54,7 @@ static int l_sentinel_gc(lua_State *L)
 		dbg_init(DBG_ERR, DBG_NONE);
 		lsip_stack_close();
 		lsip_prompt_flush();
+		lsip_done_flush();
 		fflush(stderr);
 		fd = dup(STDERR_FILENO);
 		null = open("/dev/null", O_WRONLY);

@@ -209,6 +209,14 @@ int lsip_recfile_write(struct lsip_recfile *r, const int16_t *s, size_t n);
 int lsip_recfile_close(struct lsip_recfile *r, uint64_t *droppedp);
 uint64_t lsip_recfile_dropped(void);
 void lsip_recfile_shutdown(void);
+/* done.c: answers to non-INVITE requests over UDP kept for Timer J */
+bool lsip_done_cacheable(const struct sip_msg *msg);
+int lsip_done_reply(struct sip *sip, const struct sip_msg *msg,
+		    const struct sa *dst, struct mbuf *mb);
+bool lsip_done_resend(struct sip *sip, const struct sip_msg *msg);
+uint32_t lsip_done_count(uint64_t *resentp);
+void lsip_done_flush(void);
+int lsip_open_done(lua_State *L);
 /* prompt.c: WAV prompts read once and shared by their players */
 struct lsip_prompt;
 struct aufile_prm;

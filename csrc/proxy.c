@@ -618,7 +618,13 @@ static int send_upstream(struct lsip_fwd *fwd, const struct sip_msg *resp,
 		return err;
 
 	upstream_addr(&dst, rmsg);
-	if (*fwd->stp)
+	if (*fwd->stp && resp->scode >= 200 && lsip_done_cacheable(rmsg)) {
+		/* final answer to a non-INVITE over UDP: done.c keeps the
+		 * bytes for retransmissions, libre's transaction ends now */
+		err = lsip_done_reply(fwd->sip, rmsg, &dst, mb);
+		*fwd->stp = mem_deref(*fwd->stp);
+	}
+	else if (*fwd->stp)
 		err = sip_strans_reply(fwd->stp, fwd->sip, rmsg, &dst,
 				       resp->scode, mb);
 	else

@@ -979,9 +979,6 @@ struct regc {
 	int md5agent;             /* function(user_agent): MD5-only client */
 	int thread;               /* coroutine the lookups run in */
 	uint64_t requests, ok, failed;
-	struct hash *sent_ht;     /* struct sent by branch (UDP answers) */
-	struct list sent_l;       /* the same, oldest first */
-	struct tmr sent_tmr;      /* drops them once their Timer J ran */
 	bool fallback;            /* a lookup needed a task: Lua path */
 	bool closed;
 };
@@ -1029,155 +1026,6 @@ static void regc_destructor(void *arg)
 	mem_deref(r->secret);
 	lsip_digest_cfg_reset(&r->dg);
 	mem_deref(r->loc);
-	tmr_cancel(&r->sent_tmr);
-	list_flush(&r->sent_l);
-	mem_deref(r->sent_ht);
-}
-
-
-/*
- * Answers to REGISTERs over UDP, kept for retransmissions. RFC 3261
- * 17.2.2 keeps a non-INVITE server transaction "completed" for Timer J
- * (64*T1, 32 s) so that a retransmitted request gets the same response.
- * libre's sip_strans does so with the whole parsed request and a 1 KB
- * reply buffer: about 4 KB per REGISTER for 32 s, 300 MB of heap at
- * 15000 REGISTERs/s, and the allocator and page-fault work that came with
- * it cost a third of the registrar's CPU (bench/register.sh). On the hook
- * path the answer to a REGISTER over UDP with an RFC 3261 branch goes out
- * without a libre transaction and its bytes are kept here, keyed as
- * 17.2.3 matches requests to transactions (branch, sent-by; the method is
- * REGISTER): a retransmission gets those bytes again. Reliable transports
- * have Timer J = 0, and other requests keep libre's transactions.
- */
-struct sent {
-	struct le he;             /* in r->sent_ht, by branch */
-	struct le le;             /* in r->sent_l, oldest first */
-	uint64_t expires;         /* tmr_jiffies() */
-	uint32_t bl, sl, rl;      /* branch, sent-by, response lengths */
-	bool rport;
-	char data[];              /* branch, sent-by, response */
-};
-
-enum {
-	SENT_HASH = 1 << 15,
-	SENT_KEEP = 64 * SIP_T1,  /* Timer J */
-};
-
-
-static void sent_destructor(void *arg)
-{
-	struct sent *e = arg;
-
-	hash_unlink(&e->he);
-	list_unlink(&e->le);
-}
-
-
-static bool sent_cacheable(const struct sip_msg *msg)
-{
-	return msg->tp == SIP_TRANSP_UDP && msg->via.branch.l > 7 &&
-		msg->via.branch.l <= 256 && msg->via.sentby.l <= 256 &&
-		!memcmp(msg->via.branch.p, "z9hG4bK", 7);
-}
-
-
-static bool sent_cmp(struct le *le, void *arg)
-{
-	const struct sent *e = le->data;
-	const struct sip_msg *msg = arg;
-
-	return e->bl == msg->via.branch.l && e->sl == msg->via.sentby.l &&
-		!memcmp(e->data, msg->via.branch.p, e->bl) &&
-		!memcmp(e->data + e->bl, msg->via.sentby.p, e->sl);
-}
-
-
-static void sent_expire(struct regc *r, uint64_t now)
-{
-	struct le *le;
-
-	while ((le = list_head(&r->sent_l))) {
-		struct sent *e = le->data;
-
-		if (e->expires > now)
-			break;
-		mem_deref(e);
-	}
-}
-
-
-static void sent_timeout(void *arg)
-{
-	struct regc *r = arg;
-	struct le *le;
-
-	sent_expire(r, tmr_jiffies());
-	le = list_head(&r->sent_l);
-	if (le) {
-		uint64_t now = tmr_jiffies(), at = ((struct sent *)le->data)->expires;
-
-		tmr_start(&r->sent_tmr, at > now ? at - now : 0,
-			  sent_timeout, r);
-	}
-}
-
-
-/* keep the answer mb to msg; failure only costs the retransmission */
-static void sent_keep(struct regc *r, const struct sip_msg *msg,
-		      const struct mbuf *mb, bool rport)
-{
-	const struct pl *b = &msg->via.branch, *sb = &msg->via.sentby;
-	uint64_t now = tmr_jiffies();
-	struct sent *e;
-
-	if (!r->sent_ht && hash_alloc(&r->sent_ht, SENT_HASH))
-		return;
-	sent_expire(r, now);
-
-	e = mem_alloc(sizeof(*e) + b->l + sb->l + mb->end, sent_destructor);
-	if (!e)
-		return;
-	memset(e, 0, sizeof(*e));
-	e->expires = now + SENT_KEEP;
-	e->bl = (uint32_t)b->l;
-	e->sl = (uint32_t)sb->l;
-	e->rl = (uint32_t)mb->end;
-	e->rport = rport;
-	memcpy(e->data, b->p, b->l);
-	memcpy(e->data + b->l, sb->p, sb->l);
-	memcpy(e->data + b->l + sb->l, mb->buf, mb->end);
-	hash_append(r->sent_ht, hash_joaat((const uint8_t *)b->p, b->l),
-		    &e->he, e);
-	list_append(&r->sent_l, &e->le, e);
-	if (!tmr_isrunning(&r->sent_tmr))
-		tmr_start(&r->sent_tmr, SENT_KEEP, sent_timeout, r);
-}
-
-
-/* a retransmission of a REGISTER answered here: send the answer again */
-static bool sent_resend(struct regc *r, struct sip *sip,
-			const struct sip_msg *msg)
-{
-	const struct pl *b = &msg->via.branch;
-	struct sent *e;
-	struct mbuf mb;
-	struct sa dst;
-
-	if (!r->sent_ht || !sent_cacheable(msg))
-		return false;
-
-	e = list_ledata(hash_lookup(r->sent_ht,
-				    hash_joaat((const uint8_t *)b->p, b->l),
-				    sent_cmp, (void *)msg));
-	if (!e || e->expires <= tmr_jiffies())
-		return false;
-
-	mbuf_init(&mb);
-	mb.buf = (uint8_t *)e->data + e->bl + e->sl;
-	mb.size = mb.end = e->rl;
-	sip_reply_addr(&dst, msg, e->rport);
-	(void)sip_send(sip, msg->sock, msg->tp, &dst, &mb);
-	return true;
 }
 
 
@@ -1302,16 +1150,14 @@ static uint16_t reply(struct rctx *c, uint16_t code, const char *reason)
 	if (code >= 300)
 		++c->r->failed;
 
-	if (!c->stp && sent_cacheable(c->msg)) {
+	/* over UDP without a libre transaction: done.c keeps the bytes */
+	if (!c->stp && lsip_done_cacheable(c->msg)) {
 		mb = mbuf_alloc(512 + hb->end);
 		err = mb ? resp_build(mb, c, code, reason, &rport) : ENOMEM;
 		if (!err) {
 			sip_reply_addr(&dst, c->msg, rport);
-			err = sip_send(c->sip, c->msg->sock, c->msg->tp, &dst,
-				       mb);
+			err = lsip_done_reply(c->sip, c->msg, &dst, mb);
 		}
-		if (!err)
-			sent_keep(c->r, c->msg, mb, rport);
 		mem_deref(mb);
 		c->status = err ? 999 : code;
 		return code;
@@ -2642,10 +2488,6 @@ bool lsip_registrar_take(struct lsip_ep *ep, const struct sip_msg *msg)
 	lua_rawget(L, -2);
 	box = lsip_testbox(L, -1, REGC_MT);
 	r = box ? *box : NULL;
-	if (r && sent_resend(r, lsip_ep_sip(ep), msg)) {
-		lua_settop(L, top);
-		return true;
-	}
 	if (!r || r->fallback || r->closed) {
 		lua_settop(L, top);
 		return false;

@@ -499,6 +499,10 @@ static bool request_handler(const struct sip_msg *msg, void *arg)
 		return true;
 	}
 
+	/* a retransmission of a request answered without a transaction */
+	if (lsip_done_resend(ep->sip, msg))
+		return true;
+
 	/* closed, stack not torn down yet: refuse new work, but let
 	 * in-dialog requests reach the calls that outlive :close() */
 	if (ep->closed) {

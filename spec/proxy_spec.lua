@@ -645,6 +645,60 @@ describe("luasip.proxy", function()
         end)
     end)
 
+    describe("retransmissions", function()
+        it("answers a retransmitted MESSAGE with the relayed 200 again, without forwarding it twice", function()
+            -- csrc/done.c: the final answer to a non-INVITE over UDP is
+            -- kept as bytes for Timer J instead of in a libre transaction
+            if not has_socket then
+                pending("needs LuaSocket (Debian lua-socket) for a raw UAC")
+                return
+            end
+            local got, seen = {}, 0
+            run(function()
+                local _, p, c = setup(1)
+                p:on("MESSAGE", function(req) req:forward(h.uri(c[1], "bob")) end)
+                c[1]:on("MESSAGE", function(req)
+                    seen = seen + 1
+                    req:reply(200, "OK", { ["X-Seen"] = tostring(seen) })
+                end)
+                local addr = p:addresses()[1]
+                local u = assert(socket.udp())
+                assert(u:setsockname("127.0.0.1", 0))
+                assert(u:setpeername(addr.host, addr.port))
+                u:settimeout(0)
+                local _, lport = u:getsockname()
+                local request = table.concat({
+                    "MESSAGE sip:bob@" .. addr.host .. ":" .. addr.port .. " SIP/2.0",
+                    "Via: SIP/2.0/UDP 127.0.0.1:" .. lport .. ";branch=z9hG4bKrtx1;rport",
+                    "Max-Forwards: 70",
+                    "From: <sip:raw@127.0.0.1>;tag=rtx1",
+                    "To: <sip:bob@127.0.0.1>",
+                    "Call-ID: rtx1@127.0.0.1",
+                    "CSeq: 1 MESSAGE",
+                    "Content-Type: text/plain",
+                    "Content-Length: 2", "", "hi",
+                }, "\r\n")
+                for _ = 1, 2 do
+                    assert(u:send(request))
+                    local n, dl = #got, sip.now() + 2
+                    while sip.now() < dl and #got == n do
+                        local d = u:receive()
+                        if d then got[#got + 1] = d else sip.sleep(0.01) end
+                    end
+                end
+                u:close()
+            end, 6)
+            assert.equal(1, seen)
+            assert.equal(2, #got)
+            assert.matches("^SIP/2%.0 200 OK\r\n", got[1])
+            assert.matches("\r\nX%-Seen: 1\r\n", got[1])
+            assert.equal(got[1], got[2])
+            local kept, resent = require("luasip.core").done_stats()
+            assert.is_true(kept >= 1)
+            assert.is_true(resent >= 1)
+        end)
+    end)
+
     describe("req:relay()", function()
         it("relays statelessly to the Request-URI; the response comes back the same way", function()
             if not has_socket then

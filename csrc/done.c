@@ -1,0 +1,262 @@
+/**
+ * @file done.c  Answered non-INVITE requests over UDP, kept as bytes for
+ *               their retransmissions
+ *
+ * RFC 3261 17.2.2 keeps a non-INVITE server transaction "completed" for
+ * Timer J (64*T1, 32 s over UDP) so that a retransmitted request gets the
+ * same final response again. libre's sip_strans does so with the whole
+ * parsed request and a 1 KB reply buffer: about 4 KB per transaction for
+ * 32 s. At 15000 REGISTERs/s that was 300 MB of heap, and the allocator
+ * and page-fault work that came with it cost a third of the registrar's
+ * CPU (bench/register.sh); a proxied call leaves one such transaction per
+ * BYE.
+ *
+ * Where luasip sends a final response to a non-INVITE request over UDP
+ * itself (the registrar's C path, proxy.c relaying a response upstream),
+ * it sends it without a libre transaction (or ends the one it had) and
+ * keeps only the response bytes here, keyed as RFC 3261 17.2.3 matches a
+ * request to a server transaction: the top Via's branch and sent-by and
+ * the method, and the socket it came in on. stack.c asks here first for
+ * every request: a retransmission gets those bytes again and goes no
+ * further. Only requests with an RFC 3261 branch are kept; reliable
+ * transports have Timer J = 0.
+ *
+ * Loop thread only.
+ *
+ * Copyright (C) 2026 luasip authors
+ */
+#include "lsip.h"
+
+
+enum {
+	HASH_SIZE = 1 << 15,
+	KEEP_MS   = 64 * SIP_T1,      /* Timer J */
+	KEY_MAX   = 256,
+};
+
+
+struct done {
+	struct le he;                 /* in table, by branch */
+	struct le le;                 /* in fifo, oldest first */
+	uint64_t expires;             /* tmr_jiffies() */
+	const void *sock;             /* the request's socket (compared only) */
+	struct sa dst;                /* where the response went */
+	uint16_t bl, sl, ml;          /* branch, sent-by, method lengths */
+	uint32_t rl;                  /* response bytes */
+	char data[];                  /* branch, sent-by, method, response */
+};
+
+
+static struct hash *table;
+static struct list fifo;
+static struct tmr tmr;
+static uint64_t resent;
+
+
+static void destructor(void *arg)
+{
+	struct done *d = arg;
+
+	hash_unlink(&d->he);
+	list_unlink(&d->le);
+}
+
+
+static uint32_t key_hash(const struct sip_msg *msg)
+{
+	return hash_joaat((const uint8_t *)msg->via.branch.p,
+			  msg->via.branch.l);
+}
+
+
+static bool key_cmp(struct le *le, void *arg)
+{
+	const struct done *d = le->data;
+	const struct sip_msg *msg = arg;
+	const char *p = d->data;
+
+	return d->sock == msg->sock &&
+		d->bl == msg->via.branch.l && d->sl == msg->via.sentby.l &&
+		d->ml == msg->met.l &&
+		!memcmp(p, msg->via.branch.p, d->bl) &&
+		!memcmp(p + d->bl, msg->via.sentby.p, d->sl) &&
+		!memcmp(p + d->bl + d->sl, msg->met.p, d->ml);
+}
+
+
+static void expire(uint64_t now)
+{
+	struct le *le;
+
+	while ((le = list_head(&fifo))) {
+		struct done *d = le->data;
+
+		if (d->expires > now)
+			break;
+		mem_deref(d);
+	}
+}
+
+
+static void timeout(void *arg)
+{
+	uint64_t now = tmr_jiffies();
+	struct le *le;
+	(void)arg;
+
+	expire(now);
+	le = list_head(&fifo);
+	if (le) {
+		uint64_t at = ((struct done *)le->data)->expires;
+
+		tmr_start(&tmr, at > now ? at - now : 0, timeout, NULL);
+	}
+}
+
+
+/**
+ * Whether a final response to msg may be sent with lsip_done_reply
+ *
+ * @param msg Request
+ *
+ * @return true for a non-INVITE, non-ACK, non-CANCEL request over UDP
+ *         with an RFC 3261 branch
+ */
+bool lsip_done_cacheable(const struct sip_msg *msg)
+{
+	return msg && msg->req && msg->tp == SIP_TRANSP_UDP &&
+		msg->via.branch.l > 7 && msg->via.branch.l <= KEY_MAX &&
+		msg->via.sentby.l <= KEY_MAX && msg->met.l <= 32 &&
+		!memcmp(msg->via.branch.p, "z9hG4bK", 7) &&
+		pl_strcmp(&msg->met, "INVITE") &&
+		pl_strcmp(&msg->met, "ACK") && pl_strcmp(&msg->met, "CANCEL");
+}
+
+
+/**
+ * Send the final response mb to msg without a transaction, and keep its
+ * bytes for msg's retransmissions (lsip_done_resend) for Timer J
+ *
+ * @param sip SIP stack
+ * @param msg Request (lsip_done_cacheable)
+ * @param dst Where the response goes
+ * @param mb  The response, from mb->buf to mb->end
+ *
+ * @return 0 if sent (keeping it may fail: that costs only the resend)
+ */
+int lsip_done_reply(struct sip *sip, const struct sip_msg *msg,
+		    const struct sa *dst, struct mbuf *mb)
+{
+	uint64_t now = tmr_jiffies();
+	struct done *d;
+	size_t kl;
+	int err;
+
+	mb->pos = 0;
+	err = sip_send(sip, msg->sock, msg->tp, dst, mb);
+	if (err)
+		return err;
+
+	if (!table && hash_alloc(&table, HASH_SIZE))
+		return 0;
+	expire(now);
+
+	kl = msg->via.branch.l + msg->via.sentby.l + msg->met.l;
+	d = mem_alloc(sizeof(*d) + kl + mb->end, destructor);
+	if (!d)
+		return 0;
+	memset(d, 0, sizeof(*d));
+	d->expires = now + KEEP_MS;
+	d->sock = msg->sock;
+	d->dst = *dst;
+	d->bl = (uint16_t)msg->via.branch.l;
+	d->sl = (uint16_t)msg->via.sentby.l;
+	d->ml = (uint16_t)msg->met.l;
+	d->rl = (uint32_t)mb->end;
+	memcpy(d->data, msg->via.branch.p, d->bl);
+	memcpy(d->data + d->bl, msg->via.sentby.p, d->sl);
+	memcpy(d->data + d->bl + d->sl, msg->met.p, d->ml);
+	memcpy(d->data + kl, mb->buf, mb->end);
+
+	hash_append(table, key_hash(msg), &d->he, d);
+	list_append(&fifo, &d->le, d);
+	if (!tmr_isrunning(&tmr))
+		tmr_start(&tmr, KEEP_MS, timeout, NULL);
+
+	return 0;
+}
+
+
+/**
+ * Answer a retransmission of a request answered by lsip_done_reply
+ *
+ * @param sip SIP stack
+ * @param msg Incoming request
+ *
+ * @return true if msg was one (its response has been sent again)
+ */
+bool lsip_done_resend(struct sip *sip, const struct sip_msg *msg)
+{
+	struct done *d;
+	struct mbuf mb;
+
+	if (!table || !fifo.head || !lsip_done_cacheable(msg))
+		return false;
+
+	d = list_ledata(hash_lookup(table, key_hash(msg), key_cmp,
+				    (void *)msg));
+	if (!d || d->expires <= tmr_jiffies())
+		return false;
+
+	mbuf_init(&mb);
+	mb.buf = (uint8_t *)d->data + d->bl + d->sl + d->ml;
+	mb.size = mb.end = d->rl;
+	(void)sip_send(sip, msg->sock, msg->tp, &d->dst, &mb);
+	++resent;
+
+	return true;
+}
+
+
+/**
+ * Responses kept and retransmissions answered
+ *
+ * @param resentp Retransmissions answered since start (or NULL)
+ *
+ * @return responses kept now
+ */
+uint32_t lsip_done_count(uint64_t *resentp)
+{
+	if (resentp)
+		*resentp = resent;
+
+	return list_count(&fifo);
+}
+
+
+/** Drop everything kept (lua_close) */
+void lsip_done_flush(void)
+{
+	tmr_cancel(&tmr);
+	list_flush(&fifo);
+	table = mem_deref(table);
+}
+
+
+/* core.done_stats() -> responses kept now, retransmissions answered */
+static int l_done_stats(lua_State *L)
+{
+	uint64_t n;
+
+	lua_pushinteger(L, (lua_Integer)lsip_done_count(&n));
+	lua_pushinteger(L, (lua_Integer)n);
+	return 2;
+}
+
+
+int lsip_open_done(lua_State *L)
+{
+	lua_pushcfunction(L, l_done_stats);
+	lua_setfield(L, -2, "done_stats");
+	return 0;
+}
