@@ -32,6 +32,9 @@
 # that no such member is pulled in.
 # -Wl,--wrap=sip_dialog_update: csrc/proxy.c stops sipsess from following
 # a 3xx to its first Contact by itself (ep:call's follow_redirects does).
+# -Wl,--wrap=sip_treply,sip_treplyf: csrc/done.c ends the transaction of
+# a final answer libre sends without a transaction pointer (sipsess's 200
+# to a BYE) at once and keeps only the response bytes for retransmissions.
 # -Wl,--wrap=sip_msg_decode,udp_listen,tcp_listen,tcp_accept: csrc/badstart.c
 # answers requests with a bad start line or version (400/505), which
 # libre's parser drops; libre hands out neither its SIP sockets nor its
@@ -101,6 +104,7 @@ $(CORE): $(OBJS) $(STATIC_LIBS)
 	@mkdir -p $(@D)
 	$(CC) -shared $(LIBFLAG) $(LDFLAGS) -o $@ $(OBJS) $(STATIC_LIBS) \
 		$(LIBS) -Wl,--exclude-libs,ALL -Wl,--wrap=sip_dialog_update \
+		-Wl,--wrap=sip_treply -Wl,--wrap=sip_treplyf \
 		$(BADSTART_WRAPS)
 
 $(STATIC_LIBS):

@@ -25,6 +25,7 @@
  *
  * Copyright (C) 2026 luasip authors
  */
+#include <stdarg.h>
 #include "lsip.h"
 
 
@@ -46,6 +47,9 @@ struct done {
 	char data[];                  /* branch, sent-by, method, response */
 };
 
+
+static void keep(const struct sip_msg *msg, const struct sa *dst,
+		 const struct mbuf *mb);
 
 static struct hash *table;
 static struct list fifo;
@@ -147,9 +151,6 @@ bool lsip_done_cacheable(const struct sip_msg *msg)
 int lsip_done_reply(struct sip *sip, const struct sip_msg *msg,
 		    const struct sa *dst, struct mbuf *mb)
 {
-	uint64_t now = tmr_jiffies();
-	struct done *d;
-	size_t kl;
 	int err;
 
 	mb->pos = 0;
@@ -157,14 +158,27 @@ int lsip_done_reply(struct sip *sip, const struct sip_msg *msg,
 	if (err)
 		return err;
 
+	keep(msg, dst, mb);
+	return 0;
+}
+
+
+/* keep mb, sent to dst as the final answer to msg (lsip_done_cacheable) */
+static void keep(const struct sip_msg *msg, const struct sa *dst,
+		 const struct mbuf *mb)
+{
+	uint64_t now = tmr_jiffies();
+	struct done *d;
+	size_t kl;
+
 	if (!table && hash_alloc(&table, HASH_SIZE))
-		return 0;
+		return;
 	expire(now);
 
 	kl = msg->via.branch.l + msg->via.sentby.l + msg->met.l;
 	d = mem_alloc(sizeof(*d) + kl + mb->end, destructor);
 	if (!d)
-		return 0;
+		return;
 	memset(d, 0, sizeof(*d));
 	d->expires = now + KEEP_MS;
 	d->sock = msg->sock;
@@ -182,8 +196,116 @@ int lsip_done_reply(struct sip *sip, const struct sip_msg *msg,
 	list_append(&fifo, &d->le, d);
 	if (!tmr_isrunning(&tmr))
 		tmr_start(&tmr, KEEP_MS, timeout, NULL);
+}
+
+
+/* the final answer of a transaction that ends at once; see below */
+static int reply_done(struct sip *sip, const struct sip_msg *msg,
+		      bool rec_route, uint16_t scode, const char *reason,
+		      const struct mbuf *extra)
+{
+	struct sip_strans *st = NULL, *own;
+	struct mbuf *mb = NULL;
+	struct pl rp;
+	struct sa dst;
+	int err;
+
+	err = sip_strans_alloc(&st, sip, msg, NULL, NULL);
+	if (err)
+		return err;
+	own = st;
+
+	err = extra ?
+		sip_treplyf(&st, &mb, sip, msg, rec_route, scode, reason,
+			    "%b", extra->buf, extra->end) :
+		sip_treplyf(&st, &mb, sip, msg, rec_route, scode, reason,
+			    NULL);
+	if (err)
+		return err;               /* libre freed the transaction */
+
+	/* as libre's reply.c: rport when the top Via asks for it */
+	sip_reply_addr(&dst, msg,
+		       !msg_param_exists(&msg->via.params, "rport", &rp));
+	keep(msg, &dst, mb);
+	mem_deref(mb);
+	mem_deref(own);
 
 	return 0;
+}
+
+
+int __real_sip_treply(struct sip_strans **stp, struct sip *sip,
+		      const struct sip_msg *msg, uint16_t scode,
+		      const char *reason);
+int __wrap_sip_treply(struct sip_strans **stp, struct sip *sip,
+		      const struct sip_msg *msg, uint16_t scode,
+		      const char *reason);
+int __real_sip_treplyf(struct sip_strans **stp, struct mbuf **mbp,
+		       struct sip *sip, const struct sip_msg *msg,
+		       bool rec_route, uint16_t scode, const char *reason,
+		       const char *fmt, ...);
+int __wrap_sip_treplyf(struct sip_strans **stp, struct mbuf **mbp,
+		       struct sip *sip, const struct sip_msg *msg,
+		       bool rec_route, uint16_t scode, const char *reason,
+		       const char *fmt, ...);
+
+/*
+ * -Wl,--wrap=sip_treply,sip_treplyf: final answers libre or we send
+ * without asking for the transaction (stp and mbp NULL: sipsess's 200 to
+ * a BYE, its 481s) go out through a transaction as before, which then
+ * ends at once; done.c keeps the bytes for retransmissions.
+ * sip_strans_reply hands a final transaction to its Timer J (*stp = NULL),
+ * so reply_done keeps the pointer aside to end it; on an error libre has
+ * freed it. Other calls go on to libre unchanged (sip_treplyf's variable
+ * arguments are formatted here first: the same printer, the same bytes).
+ */
+int __wrap_sip_treply(struct sip_strans **stp, struct sip *sip,
+		      const struct sip_msg *msg, uint16_t scode,
+		      const char *reason)
+{
+	if (stp || scode < 200 || !sip || !reason ||
+	    !lsip_done_cacheable(msg))
+		return __real_sip_treply(stp, sip, msg, scode, reason);
+
+	return reply_done(sip, msg, false, scode, reason, NULL);
+}
+
+
+int __wrap_sip_treplyf(struct sip_strans **stp, struct mbuf **mbp,
+		       struct sip *sip, const struct sip_msg *msg,
+		       bool rec_route, uint16_t scode, const char *reason,
+		       const char *fmt, ...)
+{
+	struct mbuf *extra = NULL;
+	va_list ap;
+	int err;
+
+	if (fmt) {
+		extra = mbuf_alloc(256);
+		if (!extra)
+			return ENOMEM;
+		va_start(ap, fmt);
+		err = mbuf_vprintf(extra, fmt, ap);
+		va_end(ap);
+		if (err) {
+			mem_deref(extra);
+			return err;
+		}
+	}
+
+	if (!stp && !mbp && scode >= 200 && sip && reason &&
+	    lsip_done_cacheable(msg))
+		err = reply_done(sip, msg, rec_route, scode, reason, extra);
+	else if (extra)
+		err = __real_sip_treplyf(stp, mbp, sip, msg, rec_route, scode,
+					 reason, "%b", extra->buf,
+					 extra->end);
+	else
+		err = __real_sip_treplyf(stp, mbp, sip, msg, rec_route, scode,
+					 reason, NULL);
+
+	mem_deref(extra);
+	return err;
 }
 
 

@@ -571,6 +571,69 @@ describe("luasip.call", function()
         end)
     end)
 
+    describe("retransmissions on the wire", function()
+        it("answers a retransmitted BYE with the same 200, after the call is gone", function()
+            -- the 200 to a BYE is kept as bytes for Timer J (csrc/done.c,
+            -- libre's sip_treply wrapped), not in a libre transaction
+            if not has_socket then
+                pending("needs LuaSocket (Debian lua-socket) for a raw UAC")
+                return
+            end
+            local got, cause = {}, nil
+            local core = require "luasip.core"
+            local _, resent0 = core.done_stats()
+            run(function()
+                local b = h.endpoint { user = "bob" }
+                b:on("INVITE", function(call)
+                    assert(call:answer())
+                    cause = call:wait_hangup(5)
+                end)
+                local addr = b:addresses()[1]
+                local u = assert(socket.udp())
+                assert(u:setsockname("127.0.0.1", 0))
+                assert(u:setpeername(addr.host, addr.port))
+                u:settimeout(0)
+                local _, lport = u:getsockname()
+                local function msg(method, cseq, branch, totag)
+                    return table.concat({
+                        method .. " sip:bob@" .. addr.host .. ":" .. addr.port .. " SIP/2.0",
+                        "Via: SIP/2.0/UDP 127.0.0.1:" .. lport .. ";branch=z9hG4bK" .. branch .. ";rport",
+                        "Max-Forwards: 70",
+                        "From: <sip:raw@127.0.0.1:" .. lport .. ">;tag=rawbye",
+                        "To: <sip:bob@" .. addr.host .. ">" .. (totag and ";tag=" .. totag or ""),
+                        "Call-ID: rawbye@127.0.0.1",
+                        "CSeq: " .. cseq .. " " .. method,
+                        "Contact: <sip:raw@127.0.0.1:" .. lport .. ">",
+                        "Content-Length: 0", "", "",
+                    }, "\r\n")
+                end
+                local function final(pat)
+                    local dl = sip.now() + 2
+                    while sip.now() < dl do
+                        local d = u:receive()
+                        if d and d:match(pat) then got[#got + 1] = d; return d end
+                        if not d then sip.sleep(0.01) end
+                    end
+                end
+                assert(u:send(msg("INVITE", 1, "inv1")))
+                local ok = assert(final("^SIP/2%.0 200"))
+                local tag = ok:match("\nTo:[^\r]*;tag=([^;\r]+)")
+                assert(u:send(msg("ACK", 1, "ack1", tag)))
+                sip.sleep(0.1)
+                assert(u:send(msg("BYE", 2, "bye1", tag)))
+                assert(final("^SIP/2%.0 200 OK\r\n.*CSeq: 2 BYE"))
+                sip.sleep(0.2)                  -- the call is closed now
+                assert(u:send(msg("BYE", 2, "bye1", tag)))
+                assert(final("^SIP/2%.0 %d+ .*CSeq: 2 BYE"))
+                u:close()
+            end, 6)
+            assert.equal("hangup", cause)
+            assert.equal(3, #got)
+            assert.equal(got[2], got[3])
+            assert.equal(resent0 + 1, select(2, core.done_stats()))
+        end)
+    end)
+
     describe("teardown", function()
         -- Each scenario runs in a child process, so that a heap error
         -- aborts the child and not the spec runner; the child uses the
