@@ -30,7 +30,7 @@
 
 
 enum {
-	HASH_SIZE = 1 << 15,
+	HASH_SIZE = 1 << 14,          /* freed again when nothing is kept */
 	KEEP_MS   = 64 * SIP_T1,      /* Timer J */
 	KEY_MAX   = 256,
 };
@@ -40,6 +40,7 @@ struct done {
 	struct le he;                 /* in table, by branch */
 	struct le le;                 /* in fifo, oldest first */
 	uint64_t expires;             /* tmr_jiffies() */
+	uint32_t hash;                /* of the branch */
 	const void *sock;             /* the request's socket (compared only) */
 	struct sa dst;                /* where the response went */
 	uint16_t bl, sl, ml;          /* branch, sent-by, method lengths */
@@ -73,13 +74,20 @@ static uint32_t key_hash(const struct sip_msg *msg)
 }
 
 
+struct key {
+	const struct sip_msg *msg;
+	uint32_t hash;
+};
+
+
 static bool key_cmp(struct le *le, void *arg)
 {
 	const struct done *d = le->data;
-	const struct sip_msg *msg = arg;
+	const struct key *k = arg;
+	const struct sip_msg *msg = k->msg;
 	const char *p = d->data;
 
-	return d->sock == msg->sock &&
+	return d->hash == k->hash && d->sock == msg->sock &&
 		d->bl == msg->via.branch.l && d->sl == msg->via.sentby.l &&
 		d->ml == msg->met.l &&
 		!memcmp(p, msg->via.branch.p, d->bl) &&
@@ -114,6 +122,9 @@ static void timeout(void *arg)
 		uint64_t at = ((struct done *)le->data)->expires;
 
 		tmr_start(&tmr, at > now ? at - now : 0, timeout, NULL);
+	}
+	else {
+		table = mem_deref(table);   /* idle: give its buckets back */
 	}
 }
 
@@ -181,6 +192,7 @@ static void keep(const struct sip_msg *msg, const struct sa *dst,
 		return;
 	memset(d, 0, sizeof(*d));
 	d->expires = now + KEEP_MS;
+	d->hash = key_hash(msg);
 	d->sock = msg->sock;
 	d->dst = *dst;
 	d->bl = (uint16_t)msg->via.branch.l;
@@ -192,7 +204,7 @@ static void keep(const struct sip_msg *msg, const struct sa *dst,
 	memcpy(d->data + d->bl + d->sl, msg->met.p, d->ml);
 	memcpy(d->data + kl, mb->buf, mb->end);
 
-	hash_append(table, key_hash(msg), &d->he, d);
+	hash_append(table, d->hash, &d->he, d);
 	list_append(&fifo, &d->le, d);
 	if (!tmr_isrunning(&tmr))
 		tmr_start(&tmr, KEEP_MS, timeout, NULL);
@@ -321,12 +333,14 @@ bool lsip_done_resend(struct sip *sip, const struct sip_msg *msg)
 {
 	struct done *d;
 	struct mbuf mb;
+	struct key k;
 
 	if (!table || !fifo.head || !lsip_done_cacheable(msg))
 		return false;
 
-	d = list_ledata(hash_lookup(table, key_hash(msg), key_cmp,
-				    (void *)msg));
+	k.msg = msg;
+	k.hash = key_hash(msg);
+	d = list_ledata(hash_lookup(table, k.hash, key_cmp, &k));
 	if (!d || d->expires <= tmr_jiffies())
 		return false;
 

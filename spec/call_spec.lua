@@ -467,12 +467,7 @@ describe("luasip.call", function()
                     if ring then assert(call:ring()) end
                     res = call:wait_hangup(5)
                 end)
-                local addr = b:addresses()[1]
-                local u = assert(socket.udp())
-                assert(u:setsockname("127.0.0.1", 0))
-                assert(u:setpeername(addr.host, addr.port))
-                u:settimeout(0)
-                local _, lport = u:getsockname()
+                local u, lport, addr = h.raw_udp(b)
                 local function msg(method, extra)
                     return table.concat({
                         method .. " sip:bob@" .. addr.host .. ":" .. addr.port .. " SIP/2.0",
@@ -588,12 +583,7 @@ describe("luasip.call", function()
                     assert(call:answer())
                     cause = call:wait_hangup(5)
                 end)
-                local addr = b:addresses()[1]
-                local u = assert(socket.udp())
-                assert(u:setsockname("127.0.0.1", 0))
-                assert(u:setpeername(addr.host, addr.port))
-                u:settimeout(0)
-                local _, lport = u:getsockname()
+                local u, lport, addr = h.raw_udp(b)
                 local function msg(method, cseq, branch, totag)
                     return table.concat({
                         method .. " sip:bob@" .. addr.host .. ":" .. addr.port .. " SIP/2.0",
@@ -608,12 +598,9 @@ describe("luasip.call", function()
                     }, "\r\n")
                 end
                 local function final(pat)
-                    local dl = sip.now() + 2
-                    while sip.now() < dl do
-                        local d = u:receive()
-                        if d and d:match(pat) then got[#got + 1] = d; return d end
-                        if not d then sip.sleep(0.01) end
-                    end
+                    local d = h.raw_receive(u, pat, 2)
+                    got[#got + 1] = d
+                    return d
                 end
                 assert(u:send(msg("INVITE", 1, "inv1")))
                 local ok = assert(final("^SIP/2%.0 200"))

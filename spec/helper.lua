@@ -60,13 +60,7 @@ end
 -- uac.retransmit(i) sends the i-th REGISTER again, byte for byte (a UDP
 -- retransmission: same branch), and waits for its final response.
 function h.raw_register_uac(target, aor)
-    local socket = require "socket"
-    local addr = target:addresses()[1]
-    local u = assert(socket.udp())
-    assert(u:setsockname("127.0.0.1", 0))
-    assert(u:setpeername(addr.host, addr.port))
-    u:settimeout(0)
-    local _, lport = u:getsockname()
+    local u, lport, addr = h.raw_udp(target)
     local n = 0
     local uac, sent = {}, {}
     local function final()
@@ -120,6 +114,38 @@ function h.raw_register_uac(target, aor)
     function uac.close() u:close() end
     return uac
 end
+
+--- A LuaSocket UDP socket on 127.0.0.1, connected to the first address
+-- of endpoint ep and non-blocking; returns it, its local port and that
+-- address ({host=, port=}). For specs that write SIP by hand.
+function h.raw_udp(ep)
+    local socket = require "socket"
+    local addr = ep:addresses()[1]
+    local u = assert(socket.udp())
+    assert(u:setsockname("127.0.0.1", 0))
+    assert(u:setpeername(addr.host, addr.port))
+    u:settimeout(0)
+    local _, lport = u:getsockname()
+    return u, lport, addr
+end
+
+
+--- The next datagram on raw socket u that matches Lua pattern pat,
+-- waiting (sleeping in the loop) up to `seconds`; nil if none came.
+-- Datagrams that do not match are passed to `other`, if given.
+function h.raw_receive(u, pat, seconds, other)
+    local dl = sip.now() + seconds
+    while sip.now() < dl do
+        local d = u:receive()
+        if d then
+            if d:match(pat) then return d end
+            if other then other(d) end
+        else
+            sip.sleep(0.005)
+        end
+    end
+end
+
 
 --- An endpoint on loopback with port 0 for each transport given
 -- (default udp), closed when the scenario ends.
