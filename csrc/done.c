@@ -129,6 +129,17 @@ static void timeout(void *arg)
 }
 
 
+/* requests a kept entry may match: INVITE too (absorbed, see below) */
+static bool matchable(const struct sip_msg *msg)
+{
+	return msg && msg->req && msg->tp == SIP_TRANSP_UDP &&
+		msg->via.branch.l > 7 && msg->via.branch.l <= KEY_MAX &&
+		msg->via.sentby.l <= KEY_MAX && msg->met.l <= 32 &&
+		!memcmp(msg->via.branch.p, "z9hG4bK", 7) &&
+		pl_strcmp(&msg->met, "ACK") && pl_strcmp(&msg->met, "CANCEL");
+}
+
+
 /**
  * Whether a final response to msg may be sent with lsip_done_reply
  *
@@ -246,16 +257,52 @@ static int reply_done(struct sip *sip, const struct sip_msg *msg,
 }
 
 
+int __real_sip_treplyf(struct sip_strans **stp, struct mbuf **mbp,
+		       struct sip *sip, const struct sip_msg *msg,
+		       bool rec_route, uint16_t scode, const char *reason,
+		       const char *fmt, ...);
+
+
+/*
+ * A 2xx to an INVITE over UDP: libre moves the transaction to Accepted
+ * (RFC 6026) for Timer L (64*T1) only to absorb retransmitted INVITEs,
+ * holding the parsed INVITE and the 2xx; the 2xx's own retransmissions
+ * until the ACK are sipsess's. Here the transaction ends at once and a
+ * bare entry (no response bytes) absorbs those INVITEs instead.
+ */
+static int accept_done(struct sip_strans **stp, struct mbuf **mbp,
+		       struct sip *sip, const struct sip_msg *msg,
+		       bool rec_route, uint16_t scode, const char *reason,
+		       const struct mbuf *extra)
+{
+	struct sip_strans *own = *stp;
+	struct mbuf empty;
+	struct sa dst;
+	int err;
+
+	err = extra ?
+		__real_sip_treplyf(stp, mbp, sip, msg, rec_route, scode,
+				   reason, "%b", extra->buf, extra->end) :
+		__real_sip_treplyf(stp, mbp, sip, msg, rec_route, scode,
+				   reason, NULL);
+	if (err)
+		return err;               /* libre freed the transaction */
+
+	mbuf_init(&empty);
+	sa_init(&dst, AF_UNSPEC);
+	keep(msg, &dst, &empty);
+	mem_deref(own);
+
+	return 0;
+}
+
+
 int __real_sip_treply(struct sip_strans **stp, struct sip *sip,
 		      const struct sip_msg *msg, uint16_t scode,
 		      const char *reason);
 int __wrap_sip_treply(struct sip_strans **stp, struct sip *sip,
 		      const struct sip_msg *msg, uint16_t scode,
 		      const char *reason);
-int __real_sip_treplyf(struct sip_strans **stp, struct mbuf **mbp,
-		       struct sip *sip, const struct sip_msg *msg,
-		       bool rec_route, uint16_t scode, const char *reason,
-		       const char *fmt, ...);
 int __wrap_sip_treplyf(struct sip_strans **stp, struct mbuf **mbp,
 		       struct sip *sip, const struct sip_msg *msg,
 		       bool rec_route, uint16_t scode, const char *reason,
@@ -308,6 +355,10 @@ int __wrap_sip_treplyf(struct sip_strans **stp, struct mbuf **mbp,
 	if (!stp && !mbp && scode >= 200 && sip && reason &&
 	    lsip_done_cacheable(msg))
 		err = reply_done(sip, msg, rec_route, scode, reason, extra);
+	else if (stp && *stp && scode >= 200 && scode < 300 &&
+		 matchable(msg) && !pl_strcmp(&msg->met, "INVITE"))
+		err = accept_done(stp, mbp, sip, msg, rec_route, scode, reason,
+				  extra);
 	else if (extra)
 		err = __real_sip_treplyf(stp, mbp, sip, msg, rec_route, scode,
 					 reason, "%b", extra->buf,
@@ -335,7 +386,7 @@ bool lsip_done_resend(struct sip *sip, const struct sip_msg *msg)
 	struct mbuf mb;
 	struct key k;
 
-	if (!table || !fifo.head || !lsip_done_cacheable(msg))
+	if (!table || !fifo.head || !matchable(msg))
 		return false;
 
 	k.msg = msg;
@@ -344,11 +395,17 @@ bool lsip_done_resend(struct sip *sip, const struct sip_msg *msg)
 	if (!d || d->expires <= tmr_jiffies())
 		return false;
 
+	++resent;
+
+	/* an INVITE answered 2xx: absorbed (RFC 6026 Accepted state; the
+	 * 2xx itself is retransmitted by sipsess until the ACK) */
+	if (!d->rl)
+		return true;
+
 	mbuf_init(&mb);
 	mb.buf = (uint8_t *)d->data + d->bl + d->sl + d->ml;
 	mb.size = mb.end = d->rl;
 	(void)sip_send(sip, msg->sock, msg->tp, &d->dst, &mb);
-	++resent;
 
 	return true;
 }
@@ -357,7 +414,7 @@ bool lsip_done_resend(struct sip *sip, const struct sip_msg *msg)
 /**
  * Responses kept and retransmissions answered
  *
- * @param resentp Retransmissions answered since start (or NULL)
+ * @param resentp Retransmissions answered or absorbed since start (or NULL)
  *
  * @return responses kept now
  */

@@ -621,6 +621,58 @@ describe("luasip.call", function()
         end)
     end)
 
+    describe("INVITE retransmissions", function()
+        it("absorbs an INVITE retransmitted after its 2xx was ACKed: one call", function()
+            -- RFC 6026 Accepted state, kept by csrc/done.c as a bare
+            -- entry instead of libre's transaction
+            if not has_socket then
+                pending("needs LuaSocket (Debian lua-socket) for a raw UAC")
+                return
+            end
+            local calls, extra = 0, {}
+            local core = require "luasip.core"
+            run(function()
+                local b = h.endpoint { user = "bob" }
+                b:on("INVITE", function(call)
+                    calls = calls + 1
+                    assert(call:answer())
+                    call:wait_hangup(5)
+                end)
+                local u, lport, addr = h.raw_udp(b)
+                local function msg(method, cseq, branch, totag)
+                    return table.concat({
+                        method .. " sip:bob@" .. addr.host .. ":" .. addr.port .. " SIP/2.0",
+                        "Via: SIP/2.0/UDP 127.0.0.1:" .. lport .. ";branch=z9hG4bK" .. branch .. ";rport",
+                        "Max-Forwards: 70",
+                        "From: <sip:raw@127.0.0.1:" .. lport .. ">;tag=rawacc",
+                        "To: <sip:bob@" .. addr.host .. ">" .. (totag and ";tag=" .. totag or ""),
+                        "Call-ID: rawacc@127.0.0.1",
+                        "CSeq: " .. cseq .. " " .. method,
+                        "Contact: <sip:raw@127.0.0.1:" .. lport .. ">",
+                        "Content-Length: 0", "", "",
+                    }, "\r\n")
+                end
+                assert(u:send(msg("INVITE", 1, "acc1")))
+                local ok = assert(h.raw_receive(u, "^SIP/2%.0 200", 2))
+                local tag = ok:match("\nTo:[^\r]*;tag=([^;\r]+)")
+                assert(u:send(msg("ACK", 1, "acc2", tag)))
+                sip.sleep(0.1)
+                local _, n0 = core.done_stats()
+                assert(u:send(msg("INVITE", 1, "acc1")))    -- late retransmission
+                h.raw_receive(u, "^$", 0.3, function(d) extra[#extra + 1] = d end)
+                local _, n1 = core.done_stats()
+                assert.equal(n0 + 1, n1)                     -- absorbed by done.c
+                assert(u:send(msg("BYE", 2, "acc3", tag)))
+                assert(h.raw_receive(u, "^SIP/2%.0 200 OK\r\n.*CSeq: 2 BYE", 2))
+                u:close()
+            end, 6)
+            assert.equal(1, calls)
+            for _, d in ipairs(extra) do   -- nothing but 2xx retransmissions
+                assert.matches("^SIP/2%.0 200 OK\r\n.*CSeq: 1 INVITE", d)
+            end
+        end)
+    end)
+
     describe("teardown", function()
         -- Each scenario runs in a child process, so that a heap error
         -- aborts the child and not the spec runner; the child uses the
