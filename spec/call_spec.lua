@@ -566,6 +566,25 @@ describe("luasip.call", function()
         end)
     end)
 
+    -- request text from a raw UAC at 127.0.0.1:lport to bob at addr, in
+    -- the dialog named id (From tag and Call-ID): msg(method, cseq,
+    -- branch suffix, To tag or nil)
+    local function raw_msg(lport, addr, id)
+        return function(method, cseq, branch, totag)
+            return table.concat({
+                method .. " sip:bob@" .. addr.host .. ":" .. addr.port .. " SIP/2.0",
+                "Via: SIP/2.0/UDP 127.0.0.1:" .. lport .. ";branch=z9hG4bK" .. branch .. ";rport",
+                "Max-Forwards: 70",
+                "From: <sip:raw@127.0.0.1:" .. lport .. ">;tag=" .. id,
+                "To: <sip:bob@" .. addr.host .. ">" .. (totag and ";tag=" .. totag or ""),
+                "Call-ID: " .. id .. "@127.0.0.1",
+                "CSeq: " .. cseq .. " " .. method,
+                "Contact: <sip:raw@127.0.0.1:" .. lport .. ">",
+                "Content-Length: 0", "", "",
+            }, "\r\n")
+        end
+    end
+
     describe("retransmissions on the wire", function()
         it("answers a retransmitted BYE with the same 200, after the call is gone", function()
             -- the 200 to a BYE is kept as bytes for Timer J (csrc/done.c,
@@ -584,19 +603,7 @@ describe("luasip.call", function()
                     cause = call:wait_hangup(5)
                 end)
                 local u, lport, addr = h.raw_udp(b)
-                local function msg(method, cseq, branch, totag)
-                    return table.concat({
-                        method .. " sip:bob@" .. addr.host .. ":" .. addr.port .. " SIP/2.0",
-                        "Via: SIP/2.0/UDP 127.0.0.1:" .. lport .. ";branch=z9hG4bK" .. branch .. ";rport",
-                        "Max-Forwards: 70",
-                        "From: <sip:raw@127.0.0.1:" .. lport .. ">;tag=rawbye",
-                        "To: <sip:bob@" .. addr.host .. ">" .. (totag and ";tag=" .. totag or ""),
-                        "Call-ID: rawbye@127.0.0.1",
-                        "CSeq: " .. cseq .. " " .. method,
-                        "Contact: <sip:raw@127.0.0.1:" .. lport .. ">",
-                        "Content-Length: 0", "", "",
-                    }, "\r\n")
-                end
+                local msg = raw_msg(lport, addr, "rawbye")
                 local function final(pat)
                     local d = h.raw_receive(u, pat, 2)
                     got[#got + 1] = d
@@ -639,19 +646,7 @@ describe("luasip.call", function()
                     call:wait_hangup(5)
                 end)
                 local u, lport, addr = h.raw_udp(b)
-                local function msg(method, cseq, branch, totag)
-                    return table.concat({
-                        method .. " sip:bob@" .. addr.host .. ":" .. addr.port .. " SIP/2.0",
-                        "Via: SIP/2.0/UDP 127.0.0.1:" .. lport .. ";branch=z9hG4bK" .. branch .. ";rport",
-                        "Max-Forwards: 70",
-                        "From: <sip:raw@127.0.0.1:" .. lport .. ">;tag=rawacc",
-                        "To: <sip:bob@" .. addr.host .. ">" .. (totag and ";tag=" .. totag or ""),
-                        "Call-ID: rawacc@127.0.0.1",
-                        "CSeq: " .. cseq .. " " .. method,
-                        "Contact: <sip:raw@127.0.0.1:" .. lport .. ">",
-                        "Content-Length: 0", "", "",
-                    }, "\r\n")
-                end
+                local msg = raw_msg(lport, addr, "rawacc")
                 assert(u:send(msg("INVITE", 1, "acc1")))
                 local ok = assert(h.raw_receive(u, "^SIP/2%.0 200", 2))
                 local tag = ok:match("\nTo:[^\r]*;tag=([^;\r]+)")
