@@ -150,12 +150,7 @@ static bool matchable(const struct sip_msg *msg)
  */
 bool lsip_done_cacheable(const struct sip_msg *msg)
 {
-	return msg && msg->req && msg->tp == SIP_TRANSP_UDP &&
-		msg->via.branch.l > 7 && msg->via.branch.l <= KEY_MAX &&
-		msg->via.sentby.l <= KEY_MAX && msg->met.l <= 32 &&
-		!memcmp(msg->via.branch.p, "z9hG4bK", 7) &&
-		pl_strcmp(&msg->met, "INVITE") &&
-		pl_strcmp(&msg->met, "ACK") && pl_strcmp(&msg->met, "CANCEL");
+	return matchable(msg) && pl_strcmp(&msg->met, "INVITE");
 }
 
 
@@ -222,6 +217,27 @@ static void keep(const struct sip_msg *msg, const struct sa *dst,
 }
 
 
+int __real_sip_treplyf(struct sip_strans **stp, struct mbuf **mbp,
+		       struct sip *sip, const struct sip_msg *msg,
+		       bool rec_route, uint16_t scode, const char *reason,
+		       const char *fmt, ...);
+
+
+/* libre's own sip_treplyf, with the headers and body already printed */
+static int real_treplyf(struct sip_strans **stp, struct mbuf **mbp,
+			struct sip *sip, const struct sip_msg *msg,
+			bool rec_route, uint16_t scode, const char *reason,
+			const struct mbuf *extra)
+{
+	if (!extra)
+		return __real_sip_treplyf(stp, mbp, sip, msg, rec_route, scode,
+					  reason, NULL);
+
+	return __real_sip_treplyf(stp, mbp, sip, msg, rec_route, scode,
+				  reason, "%b", extra->buf, extra->end);
+}
+
+
 /* the final answer of a transaction that ends at once; see below */
 static int reply_done(struct sip *sip, const struct sip_msg *msg,
 		      bool rec_route, uint16_t scode, const char *reason,
@@ -238,11 +254,8 @@ static int reply_done(struct sip *sip, const struct sip_msg *msg,
 		return err;
 	own = st;
 
-	err = extra ?
-		sip_treplyf(&st, &mb, sip, msg, rec_route, scode, reason,
-			    "%b", extra->buf, extra->end) :
-		sip_treplyf(&st, &mb, sip, msg, rec_route, scode, reason,
-			    NULL);
+	err = real_treplyf(&st, &mb, sip, msg, rec_route, scode, reason,
+			   extra);
 	if (err)
 		return err;               /* libre freed the transaction */
 
@@ -255,12 +268,6 @@ static int reply_done(struct sip *sip, const struct sip_msg *msg,
 
 	return 0;
 }
-
-
-int __real_sip_treplyf(struct sip_strans **stp, struct mbuf **mbp,
-		       struct sip *sip, const struct sip_msg *msg,
-		       bool rec_route, uint16_t scode, const char *reason,
-		       const char *fmt, ...);
 
 
 /*
@@ -280,11 +287,8 @@ static int accept_done(struct sip_strans **stp, struct mbuf **mbp,
 	struct sa dst;
 	int err;
 
-	err = extra ?
-		__real_sip_treplyf(stp, mbp, sip, msg, rec_route, scode,
-				   reason, "%b", extra->buf, extra->end) :
-		__real_sip_treplyf(stp, mbp, sip, msg, rec_route, scode,
-				   reason, NULL);
+	err = real_treplyf(stp, mbp, sip, msg, rec_route, scode, reason,
+			   extra);
 	if (err)
 		return err;               /* libre freed the transaction */
 
@@ -359,13 +363,9 @@ int __wrap_sip_treplyf(struct sip_strans **stp, struct mbuf **mbp,
 		 matchable(msg) && !pl_strcmp(&msg->met, "INVITE"))
 		err = accept_done(stp, mbp, sip, msg, rec_route, scode, reason,
 				  extra);
-	else if (extra)
-		err = __real_sip_treplyf(stp, mbp, sip, msg, rec_route, scode,
-					 reason, "%b", extra->buf,
-					 extra->end);
 	else
-		err = __real_sip_treplyf(stp, mbp, sip, msg, rec_route, scode,
-					 reason, NULL);
+		err = real_treplyf(stp, mbp, sip, msg, rec_route, scode,
+				   reason, extra);
 
 	mem_deref(extra);
 	return err;
