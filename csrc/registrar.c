@@ -61,7 +61,8 @@ static double loc_now(void)
 /* ---- location table ---- */
 
 struct loc {
-	struct hash *ht;      /* aor name -> struct aor */
+	struct hash *ht;      /* aor name -> struct aor (grows, see aor_get) */
+	uint32_t naor;        /* AORs in ht */
 	uint32_t n;           /* bindings */
 	uint32_t expired;     /* removed by timers since the last expire() */
 	int changed;          /* Lua function after C-path changes, or ref */
@@ -72,6 +73,7 @@ struct aor {
 	struct list bl;       /* struct bnd */
 	struct loc *loc;
 	char *name;
+	uint32_t hk;          /* hash_joaat_str(name) */
 };
 
 struct bnd {
@@ -114,7 +116,10 @@ static void aor_destructor(void *arg)
 {
 	struct aor *a = arg;
 
-	hash_unlink(&a->he);
+	if (a->he.list) {
+		hash_unlink(&a->he);
+		--a->loc->naor;
+	}
 	list_flush(&a->bl);
 	mem_deref(a->name);
 }
@@ -129,26 +134,64 @@ static void loc_destructor(void *arg)
 }
 
 
+/* the table starts at LOC_BUCKETS and doubles whenever it holds more than
+ * two AORs per bucket, up to LOC_BUCKETS_MAX: a registrar with 100000 users
+ * must not walk chains of a hundred names per REGISTER */
+#define LOC_BUCKETS 1024
+#define LOC_BUCKETS_MAX (1u << 22)
+
+struct aor_key {
+	uint32_t hk;
+	const char *name;
+};
+
+
 static bool aor_cmp(struct le *le, void *arg)
 {
 	const struct aor *a = le->data;
+	const struct aor_key *k = arg;
 
-	return !strcmp(a->name, arg);
+	return a->hk == k->hk && !strcmp(a->name, k->name);
 }
 
 
 static struct aor *aor_find(const struct loc *loc, const char *name)
 {
-	struct le *le = hash_lookup(loc->ht, hash_joaat_str(name), aor_cmp,
-				    (void *)name);
+	struct aor_key k = {hash_joaat_str(name), name};
+	struct le *le = hash_lookup(loc->ht, k.hk, aor_cmp, &k);
 
 	return le ? le->data : NULL;
+}
+
+
+/* move every AOR into a table of bsize buckets; on ENOMEM keep the old */
+static void loc_rehash(struct loc *loc, uint32_t bsize)
+{
+	struct hash *ht;
+	uint32_t i;
+
+	if (hash_alloc(&ht, bsize))
+		return;
+	for (i = 0; i < hash_bsize(loc->ht); i++) {
+		struct list *lst = hash_list(loc->ht, i);
+		struct le *le;
+
+		while ((le = list_head(lst))) {
+			struct aor *a = le->data;
+
+			hash_unlink(&a->he);
+			hash_append(ht, a->hk, &a->he, a);
+		}
+	}
+	mem_deref(loc->ht);
+	loc->ht = ht;
 }
 
 
 static struct aor *aor_get(struct loc *loc, const char *name)
 {
 	struct aor *a = aor_find(loc, name);
+	uint32_t bsize;
 
 	if (a)
 		return a;
@@ -161,7 +204,13 @@ static struct aor *aor_get(struct loc *loc, const char *name)
 		mem_deref(a);
 		return NULL;
 	}
-	hash_append(loc->ht, hash_joaat_str(name), &a->he, a);
+	a->hk = hash_joaat_str(name);
+	hash_append(loc->ht, a->hk, &a->he, a);
+	++loc->naor;
+
+	bsize = hash_bsize(loc->ht);
+	if (loc->naor > 2 * bsize && bsize < LOC_BUCKETS_MAX)
+		loc_rehash(loc, bsize * 4);
 	return a;
 }
 
@@ -596,7 +645,7 @@ static int l_loc_new(lua_State *L)
 {
 	struct loc *loc = mem_zalloc(sizeof(*loc), loc_destructor);
 
-	if (!loc || hash_alloc(&loc->ht, 1024)) {
+	if (!loc || hash_alloc(&loc->ht, LOC_BUCKETS)) {
 		mem_deref(loc);
 		return lsip_fail(L, ENOMEM, "location");
 	}

@@ -320,6 +320,31 @@ describe("luasip.location memory store (C table)", function()
         end, 5)
     end)
 
+    it("finds every AOR while its table grows, and after removals", function()
+        -- 1024 buckets to start, grown past two AORs per bucket: 20000
+        -- AORs cross three growths
+        local s = location.memory()
+        local N, exp = 20000, location.now() + 600
+        for i = 1, N do
+            assert(s:put("sip:u" .. i .. "@example.com",
+                         { key = "k", uri = "sip:u" .. i .. "@127.0.0.1:" .. (1024 + i % 60000), expires = exp }))
+        end
+        assert.equal(N, s:count())
+        assert.equal(N, #s:aor_list())
+        for i = 1, N do
+            local l = s:get("sip:u" .. i .. "@example.com")
+            assert.equal(1, #l)
+            assert.equal("sip:u" .. i .. "@127.0.0.1:" .. (1024 + i % 60000), l[1].uri)
+        end
+        for i = 1, N, 2 do assert.is_true(s:remove("sip:u" .. i .. "@example.com", "k")) end
+        assert.equal(N / 2, s:count())
+        assert.equal(N / 2, #s:aor_list())
+        assert.same({}, s:get("sip:u1@example.com"))
+        assert.equal(1, #s:get("sip:u2@example.com"))
+        assert.equal(N / 2, s:expire(exp + 1))
+        assert.same({}, s:aor_list())
+    end)
+
     it("raises on a binding without key or uri", function()
         local s = location.memory()
         assert.has_error(function() s:put(AOR, {}) end)
