@@ -217,6 +217,31 @@ static void keep(const struct sip_msg *msg, const struct sa *dst,
 }
 
 
+/**
+ * Absorb msg's retransmissions for Timer J: an INVITE over UDP whose 2xx
+ * has been sent ends its server transaction at once (RFC 6026's Accepted
+ * state kept only to swallow late INVITE retransmissions); a bare entry
+ * here swallows them instead (lsip_done_resend returns true, sends nothing)
+ *
+ * @param msg INVITE request
+ *
+ * @return true if msg can be matched so (UDP, RFC 3261 branch)
+ */
+bool lsip_done_absorb(const struct sip_msg *msg)
+{
+	struct mbuf empty;
+	struct sa dst;
+
+	if (!matchable(msg))
+		return false;
+
+	mbuf_init(&empty);
+	sa_init(&dst, AF_UNSPEC);
+	keep(msg, &dst, &empty);
+	return true;
+}
+
+
 int __real_sip_treplyf(struct sip_strans **stp, struct mbuf **mbp,
 		       struct sip *sip, const struct sip_msg *msg,
 		       bool rec_route, uint16_t scode, const char *reason,
@@ -283,8 +308,6 @@ static int accept_done(struct sip_strans **stp, struct mbuf **mbp,
 		       const struct mbuf *extra)
 {
 	struct sip_strans *own = *stp;
-	struct mbuf empty;
-	struct sa dst;
 	int err;
 
 	err = real_treplyf(stp, mbp, sip, msg, rec_route, scode, reason,
@@ -292,9 +315,7 @@ static int accept_done(struct sip_strans **stp, struct mbuf **mbp,
 	if (err)
 		return err;               /* libre freed the transaction */
 
-	mbuf_init(&empty);
-	sa_init(&dst, AF_UNSPEC);
-	keep(msg, &dst, &empty);
+	(void)lsip_done_absorb(msg);
 	mem_deref(own);
 
 	return 0;

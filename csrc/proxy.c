@@ -624,6 +624,16 @@ static int send_upstream(struct lsip_fwd *fwd, const struct sip_msg *resp,
 		err = lsip_done_reply(fwd->sip, rmsg, &dst, mb);
 		*fwd->stp = mem_deref(*fwd->stp);
 	}
+	else if (*fwd->stp && fwd->invite && resp->scode >= 200 &&
+		 resp->scode < 300 && lsip_done_absorb(rmsg)) {
+		/* 2xx to an INVITE over UDP: the server transaction ends now
+		 * (the 2xx and its retransmissions are relayed hop by hop
+		 * without it, 16.7 step 10); done.c absorbs the INVITE's late
+		 * retransmissions for Timer J */
+		mb->pos = 0;
+		err = sip_send(fwd->sip, rmsg->sock, rmsg->tp, &dst, mb);
+		*fwd->stp = mem_deref(*fwd->stp);
+	}
 	else if (*fwd->stp)
 		err = sip_strans_reply(fwd->stp, fwd->sip, rmsg, &dst,
 				       resp->scode, mb);

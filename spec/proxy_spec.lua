@@ -685,6 +685,79 @@ describe("luasip.proxy", function()
         end)
     end)
 
+    describe("retransmissions of an answered INVITE", function()
+        it("absorbs the INVITE's late retransmission and relays every 2xx retransmission", function()
+            -- csrc/proxy.c: once the 2xx went up, the INVITE server
+            -- transaction ends and a bare done.c entry absorbs the INVITE
+            if not has_socket then
+                pending("needs LuaSocket (Debian lua-socket) for a raw UAC and UAS")
+                return
+            end
+            local socket = require "socket"
+            local core = require "luasip.core"
+            local invites, oks, absorbed, kept = 0, 0, nil, nil
+            run(function()
+                local _, p = setup(0)
+                local callee = assert(socket.udp())
+                assert(callee:setsockname("127.0.0.1", 0))
+                callee:settimeout(0)
+                local _, cport = callee:getsockname()
+                p:on("INVITE", function(req)
+                    req:forward("sip:bob@127.0.0.1:" .. cport, { record_route = true })
+                end)
+                local u, lport, addr = h.raw_udp(p)
+                local invite = table.concat({
+                    "INVITE sip:bob@" .. addr.host .. ":" .. addr.port .. " SIP/2.0",
+                    "Via: SIP/2.0/UDP 127.0.0.1:" .. lport .. ";branch=z9hG4bKinvrtx1;rport",
+                    "Max-Forwards: 70",
+                    "From: <sip:raw@127.0.0.1>;tag=inv1",
+                    "To: <sip:bob@127.0.0.1>",
+                    "Call-ID: invrtx1@127.0.0.1",
+                    "CSeq: 1 INVITE",
+                    "Contact: <sip:raw@127.0.0.1:" .. lport .. ">",
+                    "Content-Length: 0", "", "",
+                }, "\r\n")
+                local _, resent0 = core.done_stats()
+                assert(u:send(invite))
+                -- the callee answers 200 twice (a 2xx retransmission)
+                local req = h.raw_receive(callee, "^INVITE ", 2)
+                assert.is_string(req)
+                invites = invites + 1
+                local vias = {}
+                for line in req:gmatch("[^\r\n]+") do
+                    if line:match("^Via:") or line:match("^Record%-Route:") then vias[#vias + 1] = line end
+                end
+                local ok = table.concat({
+                    "SIP/2.0 200 OK",
+                    table.concat(vias, "\r\n"),
+                    "From: <sip:raw@127.0.0.1>;tag=inv1",
+                    "To: <sip:bob@127.0.0.1>;tag=callee1",
+                    "Call-ID: invrtx1@127.0.0.1",
+                    "CSeq: 1 INVITE",
+                    "Contact: <sip:bob@127.0.0.1:" .. cport .. ">",
+                    "Content-Length: 0", "", "",
+                }, "\r\n")
+                assert(callee:sendto(ok, addr.host, addr.port))
+                assert.is_string(h.raw_receive(u, "^SIP/2%.0 200 ", 2))
+                oks = oks + 1
+                kept = core.done_stats()
+                assert(callee:sendto(ok, addr.host, addr.port))
+                if h.raw_receive(u, "^SIP/2%.0 200 ", 2) then oks = oks + 1 end
+                -- the caller's INVITE again, late: nothing goes to the callee
+                assert(u:send(invite))
+                if h.raw_receive(callee, "^INVITE ", 0.5) then invites = invites + 1 end
+                local _, resent1 = core.done_stats()
+                absorbed = resent1 - resent0
+                u:close()
+                callee:close()
+            end, 10)
+            assert.equal(1, invites)
+            assert.equal(2, oks)
+            assert.is_true(kept >= 1)
+            assert.equal(1, absorbed)
+        end)
+    end)
+
     describe("req:relay()", function()
         it("relays statelessly to the Request-URI; the response comes back the same way", function()
             if not has_socket then
