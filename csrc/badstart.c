@@ -46,7 +46,6 @@ enum start_kind {
 };
 
 
-int __real_sip_msg_decode(struct sip_msg **msgp, struct mbuf *mb);
 int __real_udp_listen(struct udp_sock **usp, const struct sa *local,
 		      udp_recv_h *rh, void *arg);
 int __real_tcp_listen(struct tcp_sock **tsp, const struct sa *local,
@@ -292,7 +291,7 @@ static int reply_make(struct mbuf **mbp, struct sa *dst, const char *p,
 		goto out;
 	hb->pos = 0;
 
-	if (__real_sip_msg_decode(&msg, hb)) {
+	if (lsip_msg_decode(&msg, hb)) {
 		err = EBADMSG;
 		goto out;
 	}
@@ -468,7 +467,7 @@ static int tcp_failed(struct sip_msg **msgp, struct mbuf *mb, int err)
 
 	case START_CASE:
 		version_upcase(p, ver);
-		return __real_sip_msg_decode(msgp, mb);
+		return lsip_msg_decode(msgp, mb);
 
 	default:
 		break;
@@ -495,7 +494,7 @@ static int tcp_failed(struct sip_msg **msgp, struct mbuf *mb, int err)
 
 int __wrap_sip_msg_decode(struct sip_msg **msgp, struct mbuf *mb)
 {
-	int err = __real_sip_msg_decode(msgp, mb);
+	int err = lsip_msg_decode(msgp, mb);
 
 	if (!err || !tcp_scope || !mb || err == ENOMEM)
 		return err;

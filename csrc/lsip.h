@@ -215,6 +215,9 @@ int lsip_done_reply(struct sip *sip, const struct sip_msg *msg,
 		    const struct sa *dst, struct mbuf *mb);
 bool lsip_done_resend(struct sip *sip, const struct sip_msg *msg);
 bool lsip_done_absorb(const struct sip_msg *msg);
+
+/* msgdec.c */
+int lsip_msg_decode(struct sip_msg **msgp, struct mbuf *mb);
 uint32_t lsip_done_count(uint64_t *resentp);
 void lsip_done_flush(void);
 int lsip_open_done(lua_State *L);
