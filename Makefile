@@ -35,8 +35,9 @@
 # -Wl,--wrap=sip_treply,sip_treplyf: csrc/done.c ends the transaction of
 # a final answer libre sends without a transaction pointer (sipsess's 200
 # to a BYE) at once and keeps only the response bytes for retransmissions.
-# -Wl,--wrap=uri_decode,sip_addr_decode: csrc/fastparse.c decodes URIs and
-# SIP addresses of the plain shape in one pass, libre's function the rest.
+# -Wl,--wrap=uri_decode,sip_addr_decode,sip_via_decode: csrc/fastparse.c
+# decodes URIs, SIP addresses and Vias of the plain shape in one pass,
+# libre's function the rest.
 # -Wl,--wrap=sip_msg_decode,udp_listen,tcp_listen,tcp_accept: csrc/badstart.c
 # answers requests with a bad start line or version (400/505), which
 # libre's parser drops; libre hands out neither its SIP sockets nor its
@@ -108,7 +109,7 @@ $(CORE): $(OBJS) $(STATIC_LIBS)
 		$(LIBS) -Wl,--exclude-libs,ALL -Wl,--wrap=sip_dialog_update \
 		-Wl,--wrap=sip_treply -Wl,--wrap=sip_treplyf \
 		-Wl,--wrap=uri_decode -Wl,--wrap=sip_addr_decode \
-		$(BADSTART_WRAPS)
+		-Wl,--wrap=sip_via_decode $(BADSTART_WRAPS)
 
 $(STATIC_LIBS):
 	@echo "$@ not found: run 'sh .ci/deps' (libre-dev, librem-dev)" >&2
@@ -123,7 +124,7 @@ test: all prompts difftest
 # Differential tests of the libre replacements (tools/difftest/): our
 # csrc/X.c with its symbols renamed, against Debian's libre.so, on
 # mutated real SIP values and random input; exit 1 on any difference.
-DIFFTESTS	= regex fastparse
+DIFFTESTS	= regex fastparse msgdec
 difftest: $(DIFFTESTS:%=$(BUILD)/difftest/%_diff)
 	@set -e; for t in $^; do echo "$$t"; $$t; done
 
@@ -133,6 +134,12 @@ $(BUILD)/difftest/regex_diff: tools/difftest/regex_diff.c csrc/regex.c $(HDRS)
 		-Dre_regex=lsip_re_regex -c -o $@.o csrc/regex.c
 	$(CC) $(CFLAGS) $(LSIP_CFLAGS) -o $@ $< $@.o -lre
 
+$(BUILD)/difftest/msgdec_diff: tools/difftest/msgdec_diff.c csrc/msgdec.c $(HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(LSIP_CFLAGS) -fvisibility=default \
+		-c -o $@.o csrc/msgdec.c
+	$(CC) $(CFLAGS) $(LSIP_CFLAGS) -o $@ $< $@.o -lre
+
 $(BUILD)/difftest/fastparse_diff: tools/difftest/fastparse_diff.c csrc/fastparse.c $(HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(LSIP_CFLAGS) -fvisibility=default \
@@ -140,6 +147,8 @@ $(BUILD)/difftest/fastparse_diff: tools/difftest/fastparse_diff.c csrc/fastparse
 		-D__real_sip_addr_decode=sip_addr_decode \
 		-D__wrap_uri_decode=lsip_uri_decode \
 		-D__wrap_sip_addr_decode=lsip_sip_addr_decode \
+		-D__real_sip_via_decode=sip_via_decode \
+		-D__wrap_sip_via_decode=lsip_sip_via_decode \
 		-c -o $@.o csrc/fastparse.c
 	$(CC) $(CFLAGS) $(LSIP_CFLAGS) -o $@ $< $@.o -lre
 

@@ -1,5 +1,5 @@
 /**
- * @file fastparse.c  fast paths for libre's uri_decode and sip_addr_decode
+ * @file fastparse.c  fast paths for libre's URI, address and Via decoders
  *
  * libre decodes every Request-URI, To, From and Contact with two or three
  * re_regex calls each, and finds a URI host's address family with
@@ -9,9 +9,11 @@
  *
  *   scheme ":" [ user "@" ] host [ ":" port ] [ ";" params ] [ "?" headers ]
  *   [ display-name ] "<" uri ">" [ params ]     (token display-name)
+ *   "SIP/2.0/" transport " " host [ ":" port ] [ ";" params ]     (Via)
  *
  * and for that shape the result of libre's expressions can be read off in
- * one pass. -Wl,--wrap=uri_decode,sip_addr_decode sends libre's own calls
+ * one pass. -Wl,--wrap=uri_decode,sip_addr_decode,sip_via_decode sends
+ * libre's own calls
  * (sip_msg_decode, sipsess, the dialog code) and ours here; a value of any
  * other shape (IPv6 hosts, quoted display names, passwords, empty parts)
  * goes to libre's function unchanged. The results are libre's to the
@@ -28,6 +30,8 @@ int __real_uri_decode(struct uri *uri, const struct pl *pl);
 int __wrap_uri_decode(struct uri *uri, const struct pl *pl);
 int __real_sip_addr_decode(struct sip_addr *addr, const struct pl *pl);
 int __wrap_sip_addr_decode(struct sip_addr *addr, const struct pl *pl);
+int __real_sip_via_decode(struct sip_via *via, const struct pl *pl);
+int __wrap_sip_via_decode(struct sip_via *via, const struct pl *pl);
 
 
 enum {
@@ -246,4 +250,95 @@ int __wrap_sip_addr_decode(struct sip_addr *addr, const struct pl *pl)
 		++lsip_fastparse_hits;
 
 	return err;
+}
+
+
+/* "SIP/2.0/" transport SP host [":" port] [";" params], or false */
+static bool via_fast(struct sip_via *via, const struct pl *pl,
+		     struct pl *host, struct pl *port)
+{
+	const char *p = pl->p, *e = pl->p + pl->l, *t, *x, *h;
+	struct pl tr;
+	size_t n;
+
+	if (pl->l < 12 || memcmp(p, "SIP/2.0/", 8))
+		return false;
+
+	for (t = x = p + 8; x < e && ((*x | 0x20) >= 'a' &&
+				      (*x | 0x20) <= 'z'); x++)
+		;
+	if (x == t || x + 1 >= e || *x != ' ')
+		return false;
+	tr.p = t;
+	tr.l = x - t;
+
+	/* sent-by "[^; \t\r\n]+", then "[^:]+[:]*[0-9]*" on it */
+	for (h = ++x; x < e && is(*x, C_HOST); x++)
+		;
+	if (x == h)
+		return false;
+	host->p = h;
+	host->l = x - h;
+	port->p = NULL;
+	port->l = 0;
+	if (x < e && *x == ':') {
+		port->p = ++x;
+		for (; x < e && is(*x, C_DIGIT); x++)
+			;
+		n = x - port->p;
+		if (n < 1 || n > 5)
+			return false;
+		port->l = n;
+	}
+	if (x < e && *x != ';')
+		return false;
+
+	via->sentby.p = h;
+	via->sentby.l = x - h;
+	via->params.p = x;
+	via->params.l = e - x;
+	if (!pl_strcmp(&tr, "TCP"))
+		via->tp = SIP_TRANSP_TCP;
+	else if (!pl_strcmp(&tr, "TLS"))
+		via->tp = SIP_TRANSP_TLS;
+	else if (!pl_strcmp(&tr, "UDP"))
+		via->tp = SIP_TRANSP_UDP;
+	else
+		via->tp = SIP_TRANSP_NONE;
+
+	return true;
+}
+
+
+/**
+ * Decode a Via header value: libre's sip_via_decode, with a fast path
+ * for "SIP/2.0/TRANSPORT host[:port][;params]"
+ *
+ * @param via Via object
+ * @param pl  Header value
+ *
+ * @return 0 if success (the branch parameter found), otherwise errorcode
+ */
+int __wrap_sip_via_decode(struct sip_via *via, const struct pl *pl)
+{
+	struct pl host, port;
+
+	if (!via || !pl || !pl->p)
+		return __real_sip_via_decode(via, pl);
+
+	if (!ctab_ready)
+		ctab_init();
+
+	if (!via_fast(via, pl, &host, &port))
+		return __real_sip_via_decode(via, pl);
+
+	/* as libre: the address of the host part, then the port */
+	sa_init(&via->addr, AF_INET);
+	(void)sa_set(&via->addr, &host, 0);
+	if (pl_isset(&port))
+		sa_set_port(&via->addr, (uint16_t)pl_u32(&port));
+	via->val = *pl;
+	++lsip_fastparse_hits;
+
+	return msg_param_decode(&via->params, "branch", &via->branch);
 }
