@@ -55,6 +55,7 @@ static int l_sentinel_gc(lua_State *L)
 		lsip_stack_close();
 		lsip_prompt_flush();
 		lsip_done_flush();
+		lsip_msgdec_flush();
 		fflush(stderr);
 		fd = dup(STDERR_FILENO);
 		null = open("/dev/null", O_WRONLY);

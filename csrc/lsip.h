@@ -218,6 +218,7 @@ bool lsip_done_absorb(const struct sip_msg *msg);
 
 /* msgdec.c */
 int lsip_msg_decode(struct sip_msg **msgp, struct mbuf *mb);
+void lsip_msgdec_flush(void);
 uint32_t lsip_done_count(uint64_t *resentp);
 void lsip_done_flush(void);
 int lsip_open_done(lua_State *L);

@@ -53,24 +53,136 @@ static void stop_init(void)
 }
 
 
-static void msg_destructor(void *arg)
-{
-	struct sip_msg *msg = arg;
+/*
+ * Headers are no mem objects here: libre allocates each one (and each
+ * message's hash table) on its own, ten or more mallocs and frees per
+ * message. Nothing outside holds a header (sip_msg_hdr() and friends hand
+ * out const pointers into the message), so they live in blocks of
+ * HDR_BLOCK that the message's destructor gives back to a pool, as it does
+ * the cleared hash table: a message in the steady state costs one malloc
+ * (the message itself, small enough for glibc's thread cache).
+ */
+enum {
+	HDR_BLOCK = 9,            /* a block fits in glibc's tcache sizes */
+	BLOCK_POOL = 512,
+	HT_POOL = 64,
+};
 
-	list_flush(&msg->hdrl);
-	hash_flush(msg->hdrht);
-	mem_deref(msg->hdrht);
-	mem_deref(msg->sock);
-	mem_deref(msg->mb);
+struct hdr_block {
+	struct hdr_block *next;
+	uint32_t n;
+	struct sip_hdr hdr[HDR_BLOCK];
+};
+
+struct msg_box {
+	struct sip_msg msg;       /* first: the pointer callers get */
+	struct hdr_block *blocks; /* the newest first */
+};
+
+static struct hash *ht_pool[HT_POOL];
+static uint32_t ht_pooled;
+static struct hdr_block *block_pool;
+static uint32_t blocks_pooled;
+
+
+static int ht_get(struct hash **hp)
+{
+	if (ht_pooled) {
+		*hp = ht_pool[--ht_pooled];
+		return 0;
+	}
+	return hash_alloc(hp, HDR_BUCKETS);
 }
 
 
-static void hdr_destructor(void *arg)
+static void ht_put(struct hash *ht)
 {
-	struct sip_hdr *hdr = arg;
+	if (!ht)
+		return;
+	hash_clear(ht);           /* unlinks the headers, frees nothing */
+	if (ht_pooled < HT_POOL)
+		ht_pool[ht_pooled++] = ht;
+	else
+		mem_deref(ht);
+}
 
-	list_unlink(&hdr->le);
-	hash_unlink(&hdr->he);
+
+static struct hdr_block *block_get(void)
+{
+	struct hdr_block *b = block_pool;
+
+	if (b) {
+		block_pool = b->next;
+		--blocks_pooled;
+	}
+	else {
+		b = mem_alloc(sizeof(*b), NULL);
+		if (!b)
+			return NULL;
+	}
+	b->next = NULL;
+	b->n = 0;
+	return b;
+}
+
+
+static void block_put(struct hdr_block *b)
+{
+	if (blocks_pooled < BLOCK_POOL) {
+		b->next = block_pool;
+		block_pool = b;
+		++blocks_pooled;
+	}
+	else {
+		mem_deref(b);
+	}
+}
+
+
+/**
+ * Free the pooled header tables and blocks (at exit)
+ */
+void lsip_msgdec_flush(void)
+{
+	struct hdr_block *b;
+
+	while (ht_pooled)
+		mem_deref(ht_pool[--ht_pooled]);
+	while ((b = block_pool)) {
+		block_pool = b->next;
+		mem_deref(b);
+	}
+	blocks_pooled = 0;
+}
+
+
+static void msg_destructor(void *arg)
+{
+	struct msg_box *box = arg;
+	struct hdr_block *b;
+
+	ht_put(box->msg.hdrht);   /* the line list goes with the blocks */
+	while ((b = box->blocks)) {
+		box->blocks = b->next;
+		block_put(b);
+	}
+	mem_deref(box->msg.sock);
+	mem_deref(box->msg.mb);
+}
+
+
+static struct sip_hdr *hdr_new(struct msg_box *box)
+{
+	struct hdr_block *b = box->blocks;
+
+	if (!b || b->n == HDR_BLOCK) {
+		b = block_get();
+		if (!b)
+			return NULL;
+		b->next = box->blocks;
+		box->blocks = b;
+	}
+	return memset(&b->hdr[b->n++], 0, sizeof(struct sip_hdr));
 }
 
 
@@ -189,7 +301,13 @@ static int hdr_put(struct sip_msg *msg, const struct pl *name,
 	struct sip_hdr *hdr;
 	int err = 0;
 
-	hdr = mem_zalloc(sizeof(*hdr), hdr_destructor);
+	if (id == SIP_HDR_VIA || id == SIP_HDR_ROUTE) {
+		if (!hashed)
+			return 0;       /* a whole line: neither, no field */
+		listed = true;
+	}
+
+	hdr = hdr_new((struct msg_box *)msg);
 	if (!hdr)
 		return ENOMEM;
 
@@ -198,13 +316,10 @@ static int hdr_put(struct sip_msg *msg, const struct pl *name,
 	hdr->val.l = l > 0 ? (size_t)l : 0;
 	hdr->id = id;
 
-	if (id == SIP_HDR_VIA || id == SIP_HDR_ROUTE) {
-		listed = hashed;
-	}
 	if (hashed)
-		hash_append(msg->hdrht, id, &hdr->he, mem_ref(hdr));
+		hash_append(msg->hdrht, id, &hdr->he, hdr);
 	if (listed)
-		list_append(&msg->hdrl, &hdr->le, mem_ref(hdr));
+		list_append(&msg->hdrl, &hdr->le, hdr);
 
 	switch (id) {
 
@@ -254,7 +369,6 @@ static int hdr_put(struct sip_msg *msg, const struct pl *name,
 		break;
 	}
 
-	mem_deref(hdr);
 	return err;
 }
 
@@ -408,11 +522,11 @@ int lsip_msg_decode(struct sip_msg **msgp, struct mbuf *mb)
 		     &x, &y, &z, NULL, &e) || x.p != p)
 		return l > STARTLINE_MAX ? EBADMSG : ENODATA;
 
-	msg = mem_zalloc(sizeof(*msg), msg_destructor);
+	msg = mem_zalloc(sizeof(struct msg_box), msg_destructor);
 	if (!msg)
 		return ENOMEM;
 
-	err = hash_alloc(&msg->hdrht, HDR_BUCKETS);
+	err = ht_get(&msg->hdrht);
 	if (err)
 		goto out;
 
