@@ -88,6 +88,7 @@ struct lsip_media {
 	struct lsip_recfile *rec;   /* written by recfile.c's thread */
 	uint64_t rec_dropped;       /* bytes the writer could not keep */
 	uint32_t rec_n, rec_max, sil_n, sil_max;
+	struct mbuf *txmb;     /* one RTP packet, reused every frame */
 	bool recording;
 
 	/* digits received, oldest first */
@@ -158,6 +159,7 @@ static void media_destructor(void *arg)
 	tmr_cancel(&m->tmr);
 	play_stop(m);
 	mem_deref(m->echo);
+	mem_deref(m->txmb);
 	(void)lsip_recfile_close(m->rec, NULL);
 	mem_deref(m->telev);
 	mem_deref(m->jbuf);
@@ -215,13 +217,15 @@ static void rec_feed(struct lsip_media *m, const int16_t *s, size_t n)
 	}
 
 	m->rec_n += (uint32_t)n;
-	for (i = 0; i < n; i++)
-		sum += (uint32_t)(s[i] < 0 ? -s[i] : s[i]);
+	if (m->sil_max) {              /* silence_stop: the mean level */
+		for (i = 0; i < n; i++)
+			sum += (uint32_t)(s[i] < 0 ? -s[i] : s[i]);
 
-	if (n && sum / n < SILENCE_LEVEL)
-		m->sil_n += (uint32_t)n;
-	else
-		m->sil_n = 0;
+		if (n && sum / n < SILENCE_LEVEL)
+			m->sil_n += (uint32_t)n;
+		else
+			m->sil_n = 0;
+	}
 
 	if (m->rec_max && m->rec_n >= m->rec_max)
 		rec_finish(m, "max");
@@ -368,6 +372,43 @@ static void rtp_handler(const struct sa *src, const struct rtp_header *hdr,
 
 
 /* one frame from the jitter buffer to the echo ring and the recorder */
+/*
+ * G.711 encoding by one table lookup per sample: librem's encoders take a
+ * dozen instructions and two branches per sample (callgrind, bench/media.sh:
+ * 1,800 instructions per frame, a fifth of a call's per-frame work). The
+ * tables are built from librem's own functions, so every byte is theirs.
+ */
+static uint8_t enc_ulaw[65536], enc_alaw[65536];
+static bool enc_ready;
+
+
+static void enc_init(void)
+{
+	uint32_t i;
+
+	for (i = 0; i < 65536; i++) {
+		enc_ulaw[i] = g711_pcm2ulaw((int16_t)(uint16_t)i);
+		enc_alaw[i] = g711_pcm2alaw((int16_t)(uint16_t)i);
+	}
+	enc_ready = true;
+}
+
+
+/**
+ * The G.711 encoder table: byte for a sample s is table[(uint16_t)s]
+ *
+ * @param ulaw true: u-law, false: A-law
+ *
+ * @return 65536 bytes
+ */
+const uint8_t *lsip_g711_table(bool ulaw)
+{
+	if (!enc_ready)
+		enc_init();
+	return ulaw ? enc_ulaw : enc_alaw;
+}
+
+
 static void play_out(struct lsip_media *m)
 {
 	struct rtp_header hdr;
@@ -383,11 +424,13 @@ static void play_out(struct lsip_media *m)
 	n = mbuf_get_left(frame);
 	if (n > sizeof(pcm) / sizeof(pcm[0]))
 		n = sizeof(pcm) / sizeof(pcm[0]);
-	for (i = 0; i < n; i++) {
-		uint8_t b = frame->buf[frame->pos + i];
+	{
+		const uint8_t *b = frame->buf + frame->pos;
+		const int16_t *tab = hdr.pt == CODEC_PCMU ? g711_u2l :
+			g711_A2l;
 
-		pcm[i] = hdr.pt == CODEC_PCMU ? g711_ulaw2pcm(b) :
-			g711_alaw2pcm(b);
+		for (i = 0; i < n; i++)
+			pcm[i] = tab[b[i]];
 	}
 	mem_deref(frame);
 
@@ -417,13 +460,17 @@ static void rtcp_handler(const struct sa *src, struct rtcp_msg *msg,
 }
 
 
-/* fill s[FRAME] from the player; returns true when the item ended */
-static bool play_pull(struct lsip_media *m, int16_t *s)
+/* fill s[FRAME] from the player, or point *enc at FRAME bytes already
+ * encoded for tx_pt (a whole frame of a prompt); returns true when the
+ * item ended */
+static bool play_pull(struct lsip_media *m, int16_t *s, const uint8_t **enc)
 {
 	int16_t buf[FRAME * 2];
 	size_t sz, i, n;
 
-	memset(s, 0, FRAME * 2);
+	*enc = NULL;
+	if (m->src != SRC_PROMPT)
+		memset(s, 0, FRAME * 2);
 
 	switch (m->src) {
 
@@ -445,9 +492,22 @@ static bool play_pull(struct lsip_media *m, int16_t *s)
 	case SRC_PROMPT: {
 		const int16_t *pcm = lsip_prompt_pcm(m->prompt, &n);
 
-		if (m->prompt_pos >= n)
+		if (m->prompt_pos >= n) {
+			memset(s, 0, FRAME * 2);
 			return true;
+		}
 		n -= m->prompt_pos;
+		if (n >= FRAME && (m->tx_pt == CODEC_PCMU ||
+				   m->tx_pt == CODEC_PCMA)) {
+			*enc = lsip_prompt_g711(m->prompt,
+						m->tx_pt == CODEC_PCMU);
+			if (*enc) {
+				*enc += m->prompt_pos;
+				m->prompt_pos += FRAME;
+				return false;
+			}
+		}
+		memset(s, 0, FRAME * 2);
 		if (n > FRAME)
 			n = FRAME;
 		memcpy(s, pcm + m->prompt_pos, n * 2);
@@ -489,12 +549,13 @@ static void send_frame(struct lsip_media *m)
 {
 	struct mbuf *mb;
 	int16_t s[FRAME];
+	const uint8_t *enc;
 	bool marker = false, ended;
 	uint8_t *p;
 	size_t i, plen;
 	int err;
 
-	ended = play_pull(m, s);
+	ended = play_pull(m, s, &enc);
 	if (ended && m->src != SRC_NONE) {
 		play_stop(m);
 		m->playing = false;
@@ -510,9 +571,13 @@ static void send_frame(struct lsip_media *m)
 		return;
 	}
 
-	mb = mbuf_alloc(RTP_HEADER_SIZE + FRAME);
-	if (!mb)
-		return;
+	if (!m->txmb) {
+		/* room for SRTP's tag, added in place by the send helper */
+		m->txmb = mbuf_alloc(RTP_HEADER_SIZE + FRAME + 64);
+		if (!m->txmb)
+			return;
+	}
+	mb = m->txmb;
 	mb->pos = mb->end = RTP_HEADER_SIZE;
 
 	if (m->te_pt >= 0 &&
@@ -533,13 +598,15 @@ static void send_frame(struct lsip_media *m)
 		/* encode in place: mbuf_write_u8 per sample cost more than
 		 * the rest of the packet (callgrind, bench/media.sh) */
 		p = mb->buf + RTP_HEADER_SIZE;
-		if (m->tx_pt == CODEC_PCMU) {
-			for (i = 0; i < FRAME; i++)
-				p[i] = g711_pcm2ulaw(s[i]);
+		if (enc) {
+			memcpy(p, enc, FRAME);
 		}
 		else {
+			const uint8_t *tab = m->tx_pt == CODEC_PCMU ?
+				enc_ulaw : enc_alaw;
+
 			for (i = 0; i < FRAME; i++)
-				p[i] = g711_pcm2alaw(s[i]);
+				p[i] = tab[(uint16_t)s[i]];
 		}
 		mb->pos = RTP_HEADER_SIZE;
 		mb->end = RTP_HEADER_SIZE + FRAME;
@@ -560,7 +627,6 @@ static void send_frame(struct lsip_media *m)
 	}
 
 	m->ts += FRAME;
-	mem_deref(mb);
 }
 
 
@@ -684,6 +750,9 @@ static int l_media_new(lua_State *L)
 	err = lsip_msrtp_new(L, 7, &m->srtp);
 	if (err)
 		return lsip_fail(L, err, "media: srtp");
+
+	if (!enc_ready)
+		enc_init();
 
 	err = rtp_listen(&m->rtp, IPPROTO_UDP, &ip, (uint16_t)pmin,
 			 (uint16_t)pmax, true, rtp_handler, rtcp_handler, m);
