@@ -228,6 +228,10 @@ struct aufile_prm;
 int lsip_prompt_get(struct lsip_prompt **pp, const char *path,
 		    struct aufile_prm *prm);
 const int16_t *lsip_prompt_pcm(const struct lsip_prompt *p, size_t *np);
+const uint8_t *lsip_prompt_g711(const struct lsip_prompt *p, bool ulaw);
+
+/* media.c */
+const uint8_t *lsip_g711_table(bool ulaw);
 void lsip_prompt_flush(void);
 /* srtp_ossl.c: OpenSSL AES-ICM-128 and HMAC-SHA1 for libsrtp2 */
 const char *lsip_srtp_ossl_install(void);

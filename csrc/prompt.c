@@ -7,14 +7,17 @@
  * profile (glibc's fclose walks the list of every open FILE). Here a
  * prompt is read once into 8 kHz 16-bit samples (16 kHz files are
  * decimated at load, as the player did per frame) and every player holds
- * a reference to the same samples.
+ * a reference to the same samples. The samples are also kept G.711-encoded
+ * (u-law and A-law, with media.c's tables): a player sending whole frames
+ * of a prompt copies bytes instead of encoding every sample of every call.
  *
  * Each play still stat()s the file: a prompt replaced on disk (other
  * inode, size or mtime) is read again, so editing prompts needs no
  * restart; players of the old version finish it. Files over PROMPT_MAX
  * bytes are not cached (lsip_prompt_get returns ENOSPC and the player
- * streams them as before). The cache keeps at most CACHE_MAX bytes of
- * samples, dropping the least recently played prompts first; a dropped
+ * streams them as before). The cache keeps at most CACHE_MAX bytes (the
+ * samples and their encodings), dropping the least recently played
+ * prompts first; a dropped
  * prompt lives on until its last player lets go.
  *
  * Loop thread only.
@@ -30,7 +33,8 @@
 
 enum {
 	PROMPT_MAX = 4 * 1024 * 1024,  /* file bytes; larger ones stream */
-	CACHE_MAX  = 64 * 1024 * 1024, /* sample bytes kept */
+	CACHE_MAX  = 64 * 1024 * 1024, /* bytes kept: samples + G.711 */
+	BYTES_PER_SAMPLE = 2 + 2,      /* int16_t, one byte per law */
 	HASH_SIZE  = 256,
 };
 
@@ -41,6 +45,7 @@ struct lsip_prompt {
 	char *path;
 	struct stat st;                /* what the samples were read from */
 	int16_t *pcm;
+	uint8_t *g711[2];              /* u-law, A-law: n bytes each */
 	size_t n;                      /* samples */
 	bool cached;
 };
@@ -57,6 +62,8 @@ static void destructor(void *arg)
 
 	mem_deref(p->path);
 	free(p->pcm);
+	free(p->g711[0]);
+	free(p->g711[1]);
 }
 
 
@@ -84,7 +91,7 @@ static void uncache(struct lsip_prompt *p)
 
 	hash_unlink(&p->he);
 	list_unlink(&p->le);
-	cached_bytes -= p->n * sizeof(int16_t);
+	cached_bytes -= p->n * BYTES_PER_SAMPLE;
 	p->cached = false;
 	mem_deref(p);
 }
@@ -129,6 +136,25 @@ static int load(struct lsip_prompt *p, struct aufile *af, bool wide)
 		}
 		p->n += k;
 	}
+}
+
+
+/* p->g711[] from p->pcm */
+static int encode(struct lsip_prompt *p)
+{
+	int law;
+	size_t i;
+
+	for (law = 0; law < 2; law++) {
+		const uint8_t *tab = lsip_g711_table(law == 0);
+
+		p->g711[law] = malloc(p->n ? p->n : 1);
+		if (!p->g711[law])
+			return ENOMEM;
+		for (i = 0; i < p->n; i++)
+			p->g711[law][i] = tab[(uint16_t)p->pcm[i]];
+	}
+	return 0;
 }
 
 
@@ -197,6 +223,8 @@ int lsip_prompt_get(struct lsip_prompt **pp, const char *path,
 	err = str_dup(&p->path, path);
 	if (!err)
 		err = load(p, af, prm->srate == 16000);
+	if (!err)
+		err = encode(p);
 	mem_deref(af);
 	if (err) {
 		mem_deref(p);
@@ -207,13 +235,27 @@ int lsip_prompt_get(struct lsip_prompt **pp, const char *path,
 	hash_append(prompts, hash_joaat_str(path), &p->he, p);
 	list_append(&lru, &p->le, p);
 	p->cached = true;
-	cached_bytes += p->n * sizeof(int16_t);
+	cached_bytes += p->n * BYTES_PER_SAMPLE;
 	while (cached_bytes > CACHE_MAX && lru.head &&
 	       lru.head->data != p)
 		uncache(lru.head->data);
 
 	*pp = mem_ref(p);
 	return 0;
+}
+
+
+/**
+ * A prompt's samples G.711-encoded (u-law or A-law), n bytes
+ *
+ * @param p    Prompt
+ * @param ulaw true: u-law (PCMU), false: A-law (PCMA)
+ *
+ * @return the encoded samples (lsip_prompt_pcm's count), or NULL
+ */
+const uint8_t *lsip_prompt_g711(const struct lsip_prompt *p, bool ulaw)
+{
+	return p ? p->g711[ulaw ? 0 : 1] : NULL;
 }
 
 

@@ -51,6 +51,14 @@ local function write_wav(path, rate, channels, hz, seconds)
 end
 
 
+-- root mean square of samples[i..j]
+local function rms(samples, i, j)
+    local sum = 0
+    for k = i, j do sum = sum + samples[k] * samples[k] end
+    return math.sqrt(sum / (j - i + 1))
+end
+
+
 describe("luasip.media", function()
     -- every call's media is closed and freed with its call
     after_each(function()
@@ -244,6 +252,9 @@ describe("luasip.media", function()
         assert.is_true(dur > 0.9, "duration " .. tostring(dur))
         local f = frequency(samples, rate, 801, #samples - 400)
         assert.is_true(math.abs(f - 1000) < 20, "frequency " .. f)
+        -- a sine of amplitude 12000: the prompt's A-law bytes decode to it
+        local level = rms(samples, 801, #samples - 400)
+        assert.is_true(math.abs(level - 12000 / math.sqrt(2)) < 600, "level " .. level)
     end)
 
     it("plays a prompt again with its new content once the file changed", function()
@@ -272,6 +283,9 @@ describe("luasip.media", function()
         local f2 = frequency(samples, rate, 1.4 * rate, 2.0 * rate)
         assert.is_true(math.abs(f1 - 600) < 20, "first play at " .. f1)
         assert.is_true(math.abs(f2 - 1000) < 20, "second play at " .. f2)
+        -- the prompt's u-law bytes decode to a sine of amplitude 12000
+        local level = rms(samples, math.floor(0.2 * rate), math.floor(0.8 * rate))
+        assert.is_true(math.abs(level - 12000 / math.sqrt(2)) < 600, "level " .. level)
     end)
 
     it("streams a WAV file too large for the prompt cache", function()
