@@ -128,19 +128,22 @@ DIFFTESTS	= regex fastparse msgdec
 difftest: $(DIFFTESTS:%=$(BUILD)/difftest/%_diff)
 	@set -e; for t in $^; do echo "$$t"; $$t; done
 
-$(BUILD)/difftest/regex_diff: tools/difftest/regex_diff.c csrc/regex.c $(HDRS)
+$(BUILD)/difftest/regex_diff: tools/difftest/regex_diff.c tools/difftest/difftest.h \
+		csrc/regex.c $(HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(LSIP_CFLAGS) -fvisibility=default \
 		-Dre_regex=lsip_re_regex -c -o $@.o csrc/regex.c
 	$(CC) $(CFLAGS) $(LSIP_CFLAGS) -o $@ $< $@.o -lre
 
-$(BUILD)/difftest/msgdec_diff: tools/difftest/msgdec_diff.c csrc/msgdec.c $(HDRS)
+$(BUILD)/difftest/msgdec_diff: tools/difftest/msgdec_diff.c tools/difftest/difftest.h \
+		csrc/msgdec.c $(HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(LSIP_CFLAGS) -fvisibility=default \
 		-c -o $@.o csrc/msgdec.c
 	$(CC) $(CFLAGS) $(LSIP_CFLAGS) -o $@ $< $@.o -lre
 
-$(BUILD)/difftest/fastparse_diff: tools/difftest/fastparse_diff.c csrc/fastparse.c $(HDRS)
+$(BUILD)/difftest/fastparse_diff: tools/difftest/fastparse_diff.c \
+		tools/difftest/difftest.h csrc/fastparse.c $(HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(LSIP_CFLAGS) -fvisibility=default \
 		-D__real_uri_decode=uri_decode \

@@ -35,6 +35,27 @@ local function setup(n, tp)
 end
 
 
+-- a request of a raw UAC at 127.0.0.1:lport to bob at the proxy's addr;
+-- branch, From tag and Call-ID from id; extra header lines, then body
+local function raw_request(method, addr, lport, id, extra, body)
+    local lines = {
+        method .. " sip:bob@" .. addr.host .. ":" .. addr.port .. " SIP/2.0",
+        "Via: SIP/2.0/UDP 127.0.0.1:" .. lport .. ";branch=z9hG4bK" .. id .. ";rport",
+        "Max-Forwards: 70",
+        "From: <sip:raw@127.0.0.1>;tag=" .. id,
+        "To: <sip:bob@127.0.0.1>",
+        "Call-ID: " .. id .. "@127.0.0.1",
+        "CSeq: 1 " .. method,
+    }
+    for _, l in ipairs(extra or {}) do lines[#lines + 1] = l end
+    body = body or ""
+    lines[#lines + 1] = "Content-Length: " .. #body
+    lines[#lines + 1] = ""
+    lines[#lines + 1] = body
+    return table.concat(lines, "\r\n")
+end
+
+
 -- a callee that rings, answers after `delay` and records how it ended
 local function answering(ep, log, name, delay)
     ep:on("INVITE", function(call)
@@ -657,17 +678,8 @@ describe("luasip.proxy", function()
                     req:reply(200, "OK", { ["X-Seen"] = tostring(seen) })
                 end)
                 local u, lport, addr = h.raw_udp(p)
-                local request = table.concat({
-                    "MESSAGE sip:bob@" .. addr.host .. ":" .. addr.port .. " SIP/2.0",
-                    "Via: SIP/2.0/UDP 127.0.0.1:" .. lport .. ";branch=z9hG4bKrtx1;rport",
-                    "Max-Forwards: 70",
-                    "From: <sip:raw@127.0.0.1>;tag=rtx1",
-                    "To: <sip:bob@127.0.0.1>",
-                    "Call-ID: rtx1@127.0.0.1",
-                    "CSeq: 1 MESSAGE",
-                    "Content-Type: text/plain",
-                    "Content-Length: 2", "", "hi",
-                }, "\r\n")
+                local request = raw_request("MESSAGE", addr, lport, "rtx1",
+                                            { "Content-Type: text/plain" }, "hi")
                 for _ = 1, 2 do
                     assert(u:send(request))
                     got[#got + 1] = h.raw_receive(u, "^SIP/2%.0 [2-6]", 2)
@@ -706,17 +718,8 @@ describe("luasip.proxy", function()
                     req:forward("sip:bob@127.0.0.1:" .. cport, { record_route = true })
                 end)
                 local u, lport, addr = h.raw_udp(p)
-                local invite = table.concat({
-                    "INVITE sip:bob@" .. addr.host .. ":" .. addr.port .. " SIP/2.0",
-                    "Via: SIP/2.0/UDP 127.0.0.1:" .. lport .. ";branch=z9hG4bKinvrtx1;rport",
-                    "Max-Forwards: 70",
-                    "From: <sip:raw@127.0.0.1>;tag=inv1",
-                    "To: <sip:bob@127.0.0.1>",
-                    "Call-ID: invrtx1@127.0.0.1",
-                    "CSeq: 1 INVITE",
-                    "Contact: <sip:raw@127.0.0.1:" .. lport .. ">",
-                    "Content-Length: 0", "", "",
-                }, "\r\n")
+                local invite = raw_request("INVITE", addr, lport, "invrtx1",
+                                           { "Contact: <sip:raw@127.0.0.1:" .. lport .. ">" })
                 local _, resent0 = core.done_stats()
                 assert(u:send(invite))
                 -- the callee answers 200 twice (a 2xx retransmission)
@@ -730,7 +733,7 @@ describe("luasip.proxy", function()
                 local ok = table.concat({
                     "SIP/2.0 200 OK",
                     table.concat(vias, "\r\n"),
-                    "From: <sip:raw@127.0.0.1>;tag=inv1",
+                    "From: <sip:raw@127.0.0.1>;tag=invrtx1",
                     "To: <sip:bob@127.0.0.1>;tag=callee1",
                     "Call-ID: invrtx1@127.0.0.1",
                     "CSeq: 1 INVITE",

@@ -23,6 +23,7 @@
 #include <stdint.h>
 #include <stdbool.h>
 #include <re.h>
+#include "difftest.h"
 
 int lsip_uri_decode(struct uri *uri, const struct pl *pl);
 int lsip_sip_addr_decode(struct sip_addr *addr, const struct pl *pl);
@@ -94,16 +95,6 @@ static const char *corpus[] = {
 static const char alpha[] =
 	"aAbBsSiIpPzZ09:@;?=&<>\"\\/ \t\r\n.,[]-_~^*+%#'!()0123456789";
 
-static uint64_t rng;
-
-static uint32_t rnd(void)
-{
-	rng ^= rng << 13;
-	rng ^= rng >> 7;
-	rng ^= rng << 17;
-	return (uint32_t)(rng >> 11);
-}
-
 static unsigned long calls, fails;
 
 static void report(const char *what, const char *p, size_t l, int ea,
@@ -147,44 +138,6 @@ static void check(const char *p, size_t l)
 		report("sip_via_decode", p, l, ea, eb);
 }
 
-static size_t mutate(char *buf, size_t cap, const char *src)
-{
-	size_t l = strlen(src), n, i;
-
-	if (l >= cap)
-		l = cap - 1;
-	memcpy(buf, src, l);
-	n = rnd() % 4;
-	for (i = 0; i < n; i++) {
-		size_t at = l ? rnd() % (l + 1) : 0;
-		char c = alpha[rnd() % (sizeof(alpha) - 1)];
-
-		switch (rnd() % 3) {
-
-		case 0:      /* replace */
-			if (at < l)
-				buf[at] = c;
-			break;
-
-		case 1:      /* insert */
-			if (l + 1 < cap) {
-				memmove(buf + at + 1, buf + at, l - at);
-				buf[at] = c;
-				++l;
-			}
-			break;
-
-		default:     /* delete */
-			if (at < l) {
-				memmove(buf + at, buf + at + 1, l - at - 1);
-				--l;
-			}
-			break;
-		}
-	}
-	return l;
-}
-
 int main(int argc, char *argv[])
 {
 	unsigned long iters = argc > 1 ? strtoul(argv[1], NULL, 10) : 300000;
@@ -193,9 +146,7 @@ int main(int argc, char *argv[])
 	unsigned long it;
 	size_t i, l;
 
-	rng = argc > 2 ? strtoull(argv[2], NULL, 10) : 0x9e3779b97f4a7c15ull;
-	if (!rng)
-		rng = 1;
+	rnd_seed(argc, argv);
 
 	for (i = 0; i < nc; i++)
 		check(corpus[i], strlen(corpus[i]));
@@ -207,7 +158,8 @@ int main(int argc, char *argv[])
 				buf[i] = alpha[rnd() % (sizeof(alpha) - 1)];
 		}
 		else {                        /* mutated real values */
-			l = mutate(buf, sizeof(buf), corpus[rnd() % nc]);
+			l = mutate(buf, sizeof(buf), corpus[rnd() % nc],
+				   alpha, sizeof(alpha) - 1, 0);
 		}
 		check(buf, l);
 	}

@@ -23,6 +23,7 @@
 #include <stdint.h>
 #include <stdbool.h>
 #include <re.h>
+#include "difftest.h"
 
 int lsip_msg_decode(struct sip_msg **msgp, struct mbuf *mb);
 void lsip_msgdec_flush(void);
@@ -160,16 +161,6 @@ static const char *lines[] = {
 	"NoColon", ":novalue", "Empty:", "Spaced  :  v  ", "Warning: ,",
 };
 
-static uint64_t rng;
-
-static uint32_t rnd(void)
-{
-	rng ^= rng << 13;
-	rng ^= rng >> 7;
-	rng ^= rng << 17;
-	return (uint32_t)(rng >> 11);
-}
-
 static unsigned long calls, fails, decoded;
 
 static bool pl_same(const struct pl *a, const struct pl *b)
@@ -248,44 +239,6 @@ static void check(const char *p, size_t l)
 	mem_deref(mb);
 }
 
-static size_t mutate(char *buf, size_t cap, const char *src)
-{
-	size_t l = strlen(src), n, i;
-
-	if (l >= cap)
-		l = cap - 1;
-	memcpy(buf, src, l);
-	n = 1 + rnd() % 4;
-	for (i = 0; i < n; i++) {
-		size_t at = l ? rnd() % (l + 1) : 0;
-		char c = alpha[rnd() % (sizeof(alpha) - 1)];
-
-		switch (rnd() % 3) {
-
-		case 0:
-			if (at < l)
-				buf[at] = c;
-			break;
-
-		case 1:
-			if (l + 1 < cap) {
-				memmove(buf + at + 1, buf + at, l - at);
-				buf[at] = c;
-				++l;
-			}
-			break;
-
-		default:
-			if (at < l) {
-				memmove(buf + at, buf + at + 1, l - at - 1);
-				--l;
-			}
-			break;
-		}
-	}
-	return l;
-}
-
 static size_t random_msg(char *buf, size_t cap)
 {
 	size_t nl = sizeof(lines) / sizeof(lines[0]);
@@ -312,9 +265,7 @@ int main(int argc, char *argv[])
 	unsigned long it;
 	size_t i, l;
 
-	rng = argc > 2 ? strtoull(argv[2], NULL, 10) : 0x9e3779b97f4a7c15ull;
-	if (!rng)
-		rng = 1;
+	rnd_seed(argc, argv);
 
 	for (i = 0; i < nc; i++)
 		check(corpus[i], strlen(corpus[i]));
@@ -333,7 +284,8 @@ int main(int argc, char *argv[])
 		if (it % 3 == 2)
 			l = random_msg(buf, sizeof(buf));
 		else
-			l = mutate(buf, sizeof(buf), corpus[rnd() % nc]);
+			l = mutate(buf, sizeof(buf), corpus[rnd() % nc],
+				   alpha, sizeof(alpha) - 1, 1);
 		check(buf, l);
 	}
 

@@ -23,6 +23,7 @@
 #include <stdint.h>
 #include <stdbool.h>
 #include <re.h>
+#include "difftest.h"
 
 int lsip_re_regex(const char *ptr, size_t len, const char *expr, ...);
 
@@ -79,16 +80,6 @@ static const char *corpus[] = {
 static const char alpha[] =
 	"aAbBsSiIpPzZ09:@;?=&<>\"\\/ \t\r\n.,[]-_~^*+%#'!()0123456789";
 
-static uint64_t rng;
-
-static uint32_t rnd(void)
-{
-	rng ^= rng << 13;
-	rng ^= rng >> 7;
-	rng ^= rng << 17;
-	return (uint32_t)(rng >> 11);
-}
-
 static unsigned long calls, fails;
 
 static int check(const char *p, size_t l, const char *expr)
@@ -122,44 +113,6 @@ static int check(const char *p, size_t l, const char *expr)
 			       b[i].p == sent ? -1 : (long)(b[i].p - p), b[i].l);
 	}
 	return 1;
-}
-
-static size_t mutate(char *buf, size_t cap, const char *src)
-{
-	size_t l = strlen(src), n, i;
-
-	if (l >= cap)
-		l = cap - 1;
-	memcpy(buf, src, l);
-	n = rnd() % 4;
-	for (i = 0; i < n; i++) {
-		size_t at = l ? rnd() % (l + 1) : 0;
-		char c = alpha[rnd() % (sizeof(alpha) - 1)];
-
-		switch (rnd() % 3) {
-
-		case 0:
-			if (at < l)
-				buf[at] = c;
-			break;
-
-		case 1:
-			if (l + 1 < cap) {
-				memmove(buf + at + 1, buf + at, l - at);
-				buf[at] = c;
-				++l;
-			}
-			break;
-
-		default:
-			if (at < l) {
-				memmove(buf + at, buf + at + 1, l - at - 1);
-				--l;
-			}
-			break;
-		}
-	}
-	return l;
 }
 
 /* a random well-formed expression in libre's language. Malformed ones
@@ -198,9 +151,7 @@ int main(int argc, char *argv[])
 	unsigned long it;
 	size_t i, j, l;
 
-	rng = argc > 2 ? strtoull(argv[2], NULL, 10) : 0x9e3779b97f4a7c15ull;
-	if (!rng)
-		rng = 1;
+	rnd_seed(argc, argv);
 
 	for (i = 0; i < ne; i++)
 		for (j = 0; j < nc; j++)
@@ -211,7 +162,8 @@ int main(int argc, char *argv[])
 
 		case 0:
 		case 1:     /* libre's expressions, mutated real values */
-			l = mutate(buf, sizeof(buf), corpus[rnd() % nc]);
+			l = mutate(buf, sizeof(buf), corpus[rnd() % nc], alpha,
+				   sizeof(alpha) - 1, 0);
 			check(buf, l, exprs[rnd() % ne]);
 			break;
 
@@ -224,7 +176,8 @@ int main(int argc, char *argv[])
 
 		default:    /* random expressions, one reused buffer */
 			rand_expr(ebuf, sizeof(ebuf));
-			l = mutate(buf, sizeof(buf), corpus[rnd() % nc]);
+			l = mutate(buf, sizeof(buf), corpus[rnd() % nc], alpha,
+				   sizeof(alpha) - 1, 0);
 			check(buf, l, ebuf);
 			break;
 		}
