@@ -304,6 +304,7 @@ static void trim_handler(void *arg)
 	/* trim when much has been freed since the last time, and on the
 	 * last tick whatever is left */
 	if (last) {
+		lsip_msgdec_flush();   /* its pooled header blocks too */
 		trim_all();
 		trim.free_trimmed = mallinfo2().fordblks;
 	}
