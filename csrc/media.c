@@ -387,8 +387,12 @@ static void enc_init(void)
 	uint32_t i;
 
 	for (i = 0; i < 65536; i++) {
-		enc_ulaw[i] = g711_pcm2ulaw((int16_t)(uint16_t)i);
-		enc_alaw[i] = g711_pcm2alaw((int16_t)(uint16_t)i);
+		int16_t v = (int16_t)(uint16_t)i;
+
+		enc_ulaw[i] = g711_pcm2ulaw(v);
+		/* librem negates the sample: -32768 stays negative and
+		 * indexes before its A-law table; it encodes as -32767 */
+		enc_alaw[i] = g711_pcm2alaw(v == INT16_MIN ? -INT16_MAX : v);
 	}
 	enc_ready = true;
 }
