@@ -47,6 +47,40 @@ function b.free_ports()
 end
 
 
+--- Start baresip on config directory `dir` with its own time limit of
+-- `secs`: config(sip_port, ctrl_port) returns the config file's text for
+-- a pair of free ports (ports in `taken`, a set, are not chosen). A port
+-- found free can be taken by someone else before baresip binds it; then
+-- baresip logs "Address already in use" and gives up, and this starts it
+-- again on other ports. Returns pid, sip_port, ctrl_port once baresip says
+-- it is ready; raises after 4 tries, with baresip's log.
+function b.start(dir, secs, config, taken)
+    taken = taken or {}
+    local log, out = dir .. "/baresip.log", ""
+    for _ = 1, 4 do
+        local ports = {}
+        for i = 1, 2 do
+            repeat ports[i] = b.free_ports() until not (taken[ports[i]] or taken[ports[i] + 1]
+                or (i == 2 and math.abs(ports[2] - ports[1]) < 2))
+        end
+        b.write(dir .. "/config", config(ports[1], ports[2]))
+        local pid = h.spawn_process(("baresip -f %s -t %d"):format(dir, secs), log)
+        local dl = os.time() + 6
+        repeat
+            os.execute("sleep 0.05")
+            out = h.readfile(log) or ""
+            if out:find("baresip is ready", 1, true) then return pid, ports[1], ports[2] end
+        until out:find("Address already in use", 1, true) or not h.alive(pid) or os.time() > dl
+        h.kill(pid)
+        for _ = 1, 40 do
+            if not h.alive(pid) then break end
+            os.execute("sleep 0.05")
+        end
+    end
+    error("baresip did not start:\n" .. out)
+end
+
+
 function b.write(path, s)
     local f = assert(io.open(path, "w"))
     f:write(s)

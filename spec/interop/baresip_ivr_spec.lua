@@ -41,14 +41,15 @@ describe("interop with baresip calling examples/ivr.lua", function()
         local dir = os.tmpname()
         os.remove(dir)
         assert(os.execute("mkdir -m 700 " .. dir))
-        local iport, cport, bport, ctlport = h.free_port(), h.free_port(), b.free_ports(), b.free_ports()
+        local iport, cport = h.free_port(), h.free_port()
         local ilog, blog = dir .. "/ivr.log", dir .. "/baresip.log"
-        b.write(dir .. "/config", b.config(bport, ctlport, 440,
-                                           { "net_interface 127.0.0.1", "module sndfile.so", "snd_path " .. dir }))
         b.write(dir .. "/accounts", "<sip:alice@127.0.0.1>;regint=0\n")
         local ivr = h.spawn_process(ENV .. ("IVR_SPOOL=%s/spool IVR_TRANSFER=sip:carol@127.0.0.1:%d "
             .. "lua5.4 examples/ivr.lua %d 60"):format(dir, cport, iport), ilog)
-        local baresip = h.spawn_process(("baresip -f %s -t 55"):format(dir), blog)
+        local baresip, _, ctlport = b.start(dir, 55, function(sip_port, ctrl_port)
+            return b.config(sip_port, ctrl_port, 440,
+                            { "net_interface 127.0.0.1", "module sndfile.so", "snd_path " .. dir })
+        end, { [iport] = true, [cport] = true })
         local ivr_uri = "sip:ivr@127.0.0.1:" .. iport
         local message
         local ok, err = pcall(h.run, function()
@@ -122,10 +123,11 @@ describe("interop with baresip calling examples/ivr.lua", function()
         local dir = os.tmpname()
         os.remove(dir)
         assert(os.execute("mkdir -m 700 " .. dir))
-        local bport, ctlport, blog = b.free_ports(), b.free_ports(), dir .. "/baresip.log"
-        b.write(dir .. "/config", b.config(bport, ctlport, 440, { "net_interface 127.0.0.1" }))
+        local blog = dir .. "/baresip.log"
         b.write(dir .. "/accounts", "<sip:alice@127.0.0.1>;regint=0\n")
-        local baresip = h.spawn_process(("baresip -f %s -t 25"):format(dir), blog)
+        local baresip, _, ctlport = b.start(dir, 25, function(sip_port, ctrl_port)
+            return b.config(sip_port, ctrl_port, 440, { "net_interface 127.0.0.1" })
+        end)
         local seen = {}
         local ok, err = pcall(h.run, function()
             local bob, carol = h.endpoint { user = "bob" }, h.endpoint { user = "carol" }

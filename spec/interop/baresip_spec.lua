@@ -20,15 +20,13 @@ local missing, free_ports, write, wait_until, ctrl_connect =
 -- router + baresip (alice) on fresh ports; gateway: host:port for numbers
 local function start(gateway)
     local w, taken = {}, {}
-    for _, k in ipairs { "rport", "bport", "cport" } do
-        repeat w[k] = free_ports() until not (taken[w[k]] or taken[w[k] + 1])
-        taken[w[k]], taken[w[k] + 1] = true, true
-    end
+    w.rport = free_ports()
+    taken[w.rport], taken[w.rport + 1] = true, true
+    taken[tonumber((gateway or ""):match(":(%d+)$") or 0)] = true
     w.dir = os.tmpname()
     os.remove(w.dir)
     assert(os.execute("mkdir -m 700 " .. w.dir))
     w.rlog, w.blog = w.dir .. "/router.log", w.dir .. "/baresip.log"
-    write(w.dir .. "/config", b.config(w.bport, w.cport, 440))
     write(w.dir .. "/accounts", ("<sip:alice@127.0.0.1:%d>;auth_pass=wonderland;answermode=auto\n")
         :format(w.rport))
     w.router = h.spawn_process(ENV .. ("lua5.4 examples/router.lua %d %s 40"):format(
@@ -38,7 +36,9 @@ local function start(gateway)
     while not (h.readfile(w.rlog) or ""):match("listening") and os.time() <= dl do
         os.execute("sleep 0.05")
     end
-    w.baresip = h.spawn_process(("baresip -f %s -t 35"):format(w.dir), w.blog)
+    w.baresip, w.bport, w.cport = b.start(w.dir, 35, function(sip_port, ctrl_port)
+        return b.config(sip_port, ctrl_port, 440)
+    end, taken)
     return w
 end
 

@@ -10,7 +10,7 @@ local sip = h.sip
 local b = require "spec.interop.baresip_helper"
 
 local MODULES = { "g711", "ausine", "aufile", "account", "menu", "srtp", "sndfile" }
-local free_ports, write, wait_until = b.free_ports, b.write, b.wait_until
+local write = b.write
 
 
 describe("SRTP interop with baresip", function()
@@ -24,24 +24,22 @@ describe("SRTP interop with baresip", function()
         local dir = os.tmpname()
         os.remove(dir)
         assert(os.execute("mkdir -m 700 " .. dir))
-        local port, log, rec = free_ports(), dir .. "/baresip.log", dir .. "/rec.wav"
-        write(dir .. "/config", table.concat({
-            "poll_method epoll",
-            "sip_listen 127.0.0.1:" .. port,
-            "audio_source ausine,440",
-            "ausrc_srate 48000", "ausrc_channels 2",  -- all that ausine makes
-            "module_path " .. b.MODDIR,
-            "module g711.so", "module ausine.so", "module aufile.so", "module srtp.so",
-            "module sndfile.so", "snd_path " .. dir,   -- dumps decoded audio
-            "module_tmp account.so", "module_app menu.so",
-            "" }, "\n"))
+        local log, rec = dir .. "/baresip.log", dir .. "/rec.wav"
         write(dir .. "/accounts", "<sip:alice@127.0.0.1>;regint=0;mediaenc=srtp-mand;answermode=auto\n")
-        local pid = h.spawn_process(("baresip -f %s -t 20"):format(dir), log)
+        local pid, port = b.start(dir, 20, function(sip_port)
+            return table.concat({
+                "poll_method epoll",
+                "sip_listen 127.0.0.1:" .. sip_port,
+                "audio_source ausine,440",
+                "ausrc_srate 48000", "ausrc_channels 2",  -- all that ausine makes
+                "module_path " .. b.MODDIR,
+                "module g711.so", "module ausine.so", "module aufile.so", "module srtp.so",
+                "module sndfile.so", "snd_path " .. dir,   -- dumps decoded audio
+                "module_tmp account.so", "module_app menu.so",
+                "" }, "\n")
+        end)
         local st, answer, dur
         local ok, err = pcall(h.run, function()
-            assert.truthy(wait_until(function()
-                return (h.readfile(log) or ""):find("baresip is ready", 1, true)
-            end, 5), "baresip did not start")
             local ep = h.endpoint { user = "carol" }
             local call, cerr, code = ep:call("sip:alice@127.0.0.1:" .. port,
                                              { media = true, srtp = "mandatory", symmetric = true, timeout = 10 })
