@@ -42,6 +42,9 @@
 # answers requests with a bad start line or version (400/505), which
 # libre's parser drops; libre hands out neither its SIP sockets nor its
 # connections.
+# -Wl,--wrap=epoll_wait: csrc/loop.c caps the events one poll of libre's
+# loop handles, so due timers (RTP sends) are not held up behind
+# thousands of ready sockets.
 # librem is static too: librem.so would drag in a second, dynamic libre.
 # --exclude-libs,ALL keeps libre's symbols out of core.so's dynamic table,
 # so another libre in the process cannot interpose or clash.
@@ -109,7 +112,8 @@ $(CORE): $(OBJS) $(STATIC_LIBS)
 		$(LIBS) -Wl,--exclude-libs,ALL -Wl,--wrap=sip_dialog_update \
 		-Wl,--wrap=sip_treply -Wl,--wrap=sip_treplyf \
 		-Wl,--wrap=uri_decode -Wl,--wrap=sip_addr_decode \
-		-Wl,--wrap=sip_via_decode $(BADSTART_WRAPS)
+		-Wl,--wrap=sip_via_decode -Wl,--wrap=epoll_wait \
+		$(BADSTART_WRAPS)
 
 $(STATIC_LIBS):
 	@echo "$@ not found: run 'sh .ci/deps' (libre-dev, librem-dev)" >&2

@@ -13,6 +13,8 @@
 #include <time.h>
 #include <signal.h>
 #include <malloc.h>
+#include <errno.h>
+#include <sys/epoll.h>
 
 
 /* libre's main.c: the calling thread's timer list (not in re's headers) */
@@ -88,7 +90,8 @@ static int l_timer_start(lua_State *L)
 	if (t->self == LUA_NOREF)
 		t->self = lsip_pin(L, 1);
 
-	tmr_start(&t->tmr, (uint64_t)(s * 1000.0 + 0.5), timeout_handler, t);
+	lsip_tmr_start_us(&t->tmr, lsip_tmr_now_us() + (uint64_t)(s * 1e6 + 0.5),
+			  timeout_handler, t);
 	lua_pushboolean(L, 1);
 	return 1;
 }
@@ -114,7 +117,7 @@ static int l_timer_remaining(lua_State *L)
 {
 	struct lsip_timer *t = timer_check(L);
 
-	lua_pushnumber(L, t ? tmr_get_expire(&t->tmr) / 1000.0 : 0);
+	lua_pushnumber(L, t ? lsip_tmr_expire_us(&t->tmr) / 1e6 : 0);
 	return 1;
 }
 
@@ -140,6 +143,58 @@ static int l_timer_close(lua_State *L)
 	}
 
 	return 0;
+}
+
+
+/*
+ * libre's only epoll_wait() call, in main.o's fd_poll(), is linked to
+ * this wrapper (-Wl,--wrap=epoll_wait), for two things media pacing needs:
+ *
+ * - A batch: fd_poll() asks for up to fd_setsize events (8192) and runs
+ *   every handler before tmr_poll(). After a busy moment thousands of RTP
+ *   sockets are ready at once; handling them all took several ms, and
+ *   every media timer due meanwhile fired that late. Here at most
+ *   EPOLL_BATCH events per poll, then the due timers run. Nothing is
+ *   lost: epoll is level triggered and puts the sockets it returned at
+ *   the tail of its ready list, so the next poll returns the rest first.
+ * - An exact timeout: fd_poll() passes tmr_next_timeout() in whole ms,
+ *   so a timer fired up to 1 ms late. The timers keep us deadlines
+ *   (tmr.c), and epoll_pwait2() (Linux 5.11) sleeps until the earliest;
+ *   where the kernel lacks it, the ms timeout as before.
+ */
+enum { EPOLL_BATCH = 32 };
+
+static bool no_pwait2;
+
+int __real_epoll_wait(int epfd, struct epoll_event *events, int maxevents,
+		      int timeout);
+int __wrap_epoll_wait(int epfd, struct epoll_event *events, int maxevents,
+		      int timeout);
+
+int __wrap_epoll_wait(int epfd, struct epoll_event *events, int maxevents,
+		      int timeout)
+{
+	if (maxevents > EPOLL_BATCH)
+		maxevents = EPOLL_BATCH;
+
+	if (timeout > 0 && !no_pwait2) {
+		const int64_t us = lsip_tmr_next_us();
+
+		if (us >= 0 && us < (int64_t)timeout * 1000) {
+			struct timespec ts;
+			int n;
+
+			ts.tv_sec  = (time_t)(us / 1000000);
+			ts.tv_nsec = (long)(us % 1000000) * 1000;
+			n = epoll_pwait2(epfd, events, maxevents, &ts, NULL);
+			if (n >= 0 || errno != ENOSYS)
+				return n;
+
+			no_pwait2 = true;
+		}
+	}
+
+	return __real_epoll_wait(epfd, events, maxevents, timeout);
 }
 
 

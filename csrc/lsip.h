@@ -177,6 +177,10 @@ void lsip_mem_activity(void);
 /* tmr.c: libre's timer API as a binary heap */
 uint32_t lsip_tmr_count(void);
 int lsip_tmr_close(void);
+uint64_t lsip_tmr_now_us(void);
+int64_t lsip_tmr_next_us(void);
+void lsip_tmr_start_us(struct tmr *tmr, uint64_t due, tmr_h *th, void *arg);
+uint64_t lsip_tmr_expire_us(const struct tmr *tmr);
 
 /*
  * srtp.c: SRTP/SRTCP via libsrtp2 (one direction per session; release

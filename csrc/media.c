@@ -61,7 +61,7 @@ struct lsip_media {
 	struct dtmf_dec *dtmf;    /* in-band detector (no telephone-event) */
 	struct tmr tmr;
 	struct sa raddr;          /* where we send, what we accept */
-	uint64_t t0;              /* pacing start (ms) */
+	uint64_t t0;              /* pacing start (us, lsip_tmr_now_us) */
 	uint64_t ticks;
 	uint32_t ts;              /* next audio timestamp */
 	uint32_t ev_ts;           /* timestamp of the running event */
@@ -651,16 +651,16 @@ static void tick_handler(void *arg)
 	}
 
 	++m->ticks;
-	now = tmr_jiffies();
-	next = m->t0 + m->ticks * PTIME;
-	if (next + 10 * PTIME < now) {
+	now = lsip_tmr_now_us();
+	next = m->t0 + m->ticks * PTIME * 1000;
+	if (next + 10 * PTIME * 1000 < now) {
 		/* far behind (loop stalled): resynchronise, don't burst */
 		m->t0 = now;
 		m->ticks = 0;
 		next = now;
 	}
 
-	tmr_start(&m->tmr, next > now ? next - now : 0, tick_handler, m);
+	lsip_tmr_start_us(&m->tmr, next, tick_handler, m);
 	mem_deref(m);
 }
 
@@ -988,9 +988,9 @@ static int l_media_start(lua_State *L)
 		if (sa_isset(&rtcp, SA_ALL))
 			rtcp_start(m->rtp, "luasip", &rtcp);
 		m->started = true;
-		m->t0 = tmr_jiffies();
+		m->t0 = lsip_tmr_now_us();
 		m->ticks = 0;
-		tmr_start(&m->tmr, 0, tick_handler, m);
+		lsip_tmr_start_us(&m->tmr, m->t0, tick_handler, m);
 	}
 
 	lua_pushboolean(L, 1);

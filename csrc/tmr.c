@@ -8,6 +8,13 @@
  * ordered by (expiry, start sequence): insert, cancel and pop are
  * O(log n), and timers with the same expiry fire in start order.
  *
+ * Expiries are kept in microseconds (tmr->jfs holds the deadline in us
+ * of CLOCK_MONOTONIC, not libre's ms jiffies), so a timer started with a
+ * delay of d ms fires d ms after its start, not at the next ms boundary
+ * after that; lsip_tmr_start_us() takes a deadline in us (media pacing),
+ * and lsip_tmr_next_us() gives loop.c's poll its exact timeout. The ms
+ * API (tmr_jiffies, tmr_next_timeout, tmr_get_expire) is unchanged.
+ *
  * Lifetimes: the caller owns every struct tmr, as with libre; this file
  * only keeps a pointer to it while it is running (th != NULL), so a
  * running timer must be cancelled before its memory is freed. The heap
@@ -50,7 +57,7 @@ enum {
 
 /** One heap slot; key copied from the timer for cache-friendly compares */
 struct hent {
-	uint64_t jfs;       /**< Expiry [ms]                      */
+	uint64_t jfs;       /**< Expiry [us]                      */
 	uint64_t seq;       /**< Start order, breaks ties on jfs  */
 	struct tmr *tmr;    /**< The running timer                */
 };
@@ -69,6 +76,10 @@ extern struct list *tmrl_get(void);
 
 uint32_t lsip_tmr_count(void);
 int lsip_tmr_close(void);
+uint64_t lsip_tmr_now_us(void);
+int64_t lsip_tmr_next_us(void);
+void lsip_tmr_start_us(struct tmr *tmr, uint64_t due, tmr_h *th, void *arg);
+uint64_t lsip_tmr_expire_us(const struct tmr *tmr);
 
 
 static struct theap *heap_get(struct list *tmrl, bool create)
@@ -236,7 +247,7 @@ static void tmr_unlink(struct tmr *tmr)
  */
 void tmr_poll(struct list *tmrl)
 {
-	const uint64_t jfs = tmr_jiffies();
+	const uint64_t jfs = lsip_tmr_now_us();
 	struct theap *h = heap_get(tmrl, false);
 
 	if (!h)
@@ -276,24 +287,64 @@ uint64_t tmr_jiffies(void)
 
 
 /**
+ * Get the monotonic clock in microseconds (the timers' time base)
+ *
+ * @return Microseconds of CLOCK_MONOTONIC
+ */
+uint64_t lsip_tmr_now_us(void)
+{
+	struct timespec now;
+
+	if (0 != clock_gettime(CLOCK_MONOTONIC, &now))
+		return 0;
+
+	return (uint64_t)now.tv_sec * 1000000 + (uint64_t)now.tv_nsec / 1000;
+}
+
+
+/**
  * Get number of milliseconds until the next timer expires
  *
  * @param tmrl Timer list of the context (from tmrl_get())
  *
- * @return Number of [ms], 1 if a timer is already due, 0 if no timers
+ * @return Number of [ms] (rounded up), 1 if a timer is already due,
+ *         0 if no timers
  */
 uint64_t tmr_next_timeout(struct list *tmrl)
 {
-	const uint64_t jif = tmr_jiffies();
+	const uint64_t now = lsip_tmr_now_us();
 	const struct theap *h = heap_get(tmrl, false);
 
 	if (!h || !h->n)
 		return 0;
 
-	if (h->v[0].jfs <= jif)
+	if (h->v[0].jfs <= now + 1000)
 		return 1;
 
-	return h->v[0].jfs - jif;
+	return (h->v[0].jfs - now + 999) / 1000;
+}
+
+
+/**
+ * Get the time until the calling context's next timer expires
+ *
+ * @return Microseconds, 0 if a timer is due, -1 if no timer runs
+ */
+int64_t lsip_tmr_next_us(void)
+{
+	const struct theap *h = heap_get(tmrl_get(), false);
+	uint64_t now;
+
+	if (!h || !h->n)
+		return -1;
+
+	now = lsip_tmr_now_us();
+	if (h->v[0].jfs <= now)
+		return 0;
+	if (h->v[0].jfs - now > INT64_MAX)
+		return INT64_MAX;
+
+	return (int64_t)(h->v[0].jfs - now);
 }
 
 
@@ -387,9 +438,35 @@ void tmr_init(struct tmr *tmr)
  */
 void tmr_start(struct tmr *tmr, uint64_t delay, tmr_h *th, void *arg)
 {
+	uint64_t now;
+
+	if (!tmr || !th) {
+		lsip_tmr_start_us(tmr, 0, NULL, NULL);
+		return;
+	}
+
+	now = lsip_tmr_now_us();
+	if (delay > (UINT64_MAX - now) / 1000)
+		lsip_tmr_start_us(tmr, UINT64_MAX, th, arg);
+	else
+		lsip_tmr_start_us(tmr, now + delay * 1000, th, arg);
+}
+
+
+/**
+ * Start a timer that expires at a deadline; restarts it if running,
+ * cancels it if th is NULL
+ *
+ * @param tmr Timer to start
+ * @param due Deadline in [us] of lsip_tmr_now_us()'s clock (a deadline
+ *            already past fires at the next tmr_poll)
+ * @param th  Timeout handler
+ * @param arg Handler argument
+ */
+void lsip_tmr_start_us(struct tmr *tmr, uint64_t due, tmr_h *th, void *arg)
+{
 	struct theap *h;
 	struct hent e;
-	uint64_t now;
 
 	if (!tmr)
 		return;
@@ -411,8 +488,7 @@ void tmr_start(struct tmr *tmr, uint64_t delay, tmr_h *th, void *arg)
 		return;
 	}
 
-	now = tmr_jiffies();
-	tmr->jfs = (delay > UINT64_MAX - now) ? UINT64_MAX : now + delay;
+	tmr->jfs = due;
 
 	e.jfs = tmr->jfs;
 	e.seq = h->seq++;
@@ -440,18 +516,39 @@ void tmr_cancel(struct tmr *tmr)
  *
  * @param tmr Timer object
  *
- * @return Time in [ms] until expiration, 0 if not running or due
+ * @return Time in [ms] until expiration (rounded up), 0 if not running
+ *         or due
  */
 uint64_t tmr_get_expire(const struct tmr *tmr)
 {
-	uint64_t jfs;
+	uint64_t now;
 
 	if (!tmr || !tmr->th)
 		return 0;
 
-	jfs = tmr_jiffies();
+	now = lsip_tmr_now_us();
 
-	return (tmr->jfs > jfs) ? (tmr->jfs - jfs) : 0;
+	return (tmr->jfs > now) ? (tmr->jfs - now + 999) / 1000 : 0;
+}
+
+
+/**
+ * Get the time left until a timer expires, in microseconds
+ *
+ * @param tmr Timer object
+ *
+ * @return Time in [us] until expiration, 0 if not running or due
+ */
+uint64_t lsip_tmr_expire_us(const struct tmr *tmr)
+{
+	uint64_t now;
+
+	if (!tmr || !tmr->th)
+		return 0;
+
+	now = lsip_tmr_now_us();
+
+	return (tmr->jfs > now) ? tmr->jfs - now : 0;
 }
 
 
