@@ -136,13 +136,33 @@ static srtp_err_status_t icm_set_iv(void *state, uint8_t *iv,
 }
 
 
-/* the 128-bit big-endian counter + 1, as OpenSSL's CTR mode counts */
-static void ctr_inc(uint8_t *c)
+/* the 128-bit big-endian counter + 1, as OpenSSL's CTR mode counts (an
+ * SRTP counter starts with its low 16 bits 0: the carry never runs) */
+static inline void ctr_inc(uint8_t *c)
 {
-	int i = 16;
+	int i = 14;
 
-	while (i-- > 0 && ++c[i] == 0)
-		;
+	if (++c[15] != 0)
+		return;
+	while (i >= 0 && ++c[i] == 0)
+		--i;
+}
+
+
+/* buf[0..n) ^= ks[0..n), eight octets at a time */
+static inline void xor_into(uint8_t *buf, const uint8_t *ks, unsigned int n)
+{
+	unsigned int i = 0;
+	uint64_t a, b;
+
+	for (; i + 8 <= n; i += 8) {
+		memcpy(&a, buf + i, 8);
+		memcpy(&b, ks + i, 8);
+		a ^= b;
+		memcpy(buf + i, &a, 8);
+	}
+	for (; i < n; i++)
+		buf[i] ^= ks[i];
 }
 
 
@@ -152,7 +172,7 @@ static srtp_err_status_t icm_crypt(void *state, uint8_t *buf,
 {
 	struct icm *st = state;
 	uint8_t in[ICM_CHUNK * 16], ks[ICM_CHUNK * 16];
-	unsigned int left = *len, nb, b, i, k;
+	unsigned int left = *len, nb, b, k;
 	int n;
 
 	/* what the last block of the previous call left */
@@ -175,8 +195,7 @@ static srtp_err_status_t icm_crypt(void *state, uint8_t *buf,
 			return srtp_err_status_cipher_fail;
 
 		k = left < nb * 16 ? left : nb * 16;
-		for (i = 0; i < k; i++)
-			buf[i] ^= ks[i];
+		xor_into(buf, ks, k);
 		buf += k;
 		left -= k;
 
