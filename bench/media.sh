@@ -31,7 +31,11 @@
 #
 # "srtp" runs the same steps with srtp = "mandatory" on both sides, after
 # a probe (caller.lua probe-srtp) showed that this luasip has SRTP calls;
-# otherwise it prints "srtp available=0 why=..." and skips them.
+# otherwise it prints "srtp available=0 why=..." and skips them. With
+# both modes, BENCH_MEDIA_PAIR_ROUNDS (3) rounds then run a plain step
+# and an SRTP step back to back at each of BENCH_MEDIA_PAIR_CALLS (500)
+# calls: SRTP's extra CPU per call, per round and their median (steps
+# minutes apart differ by more than that on a shared machine).
 #
 # Stdout (machine-readable), one line per attempt, one result per mode:
 #   media mode=plain calls=1000 attempt=1 held=1000 ok=1000 failed=0 srv_done=1000 srv_failed=0
@@ -42,6 +46,8 @@
 #     rec_files=.. rec_avg_s=.. srtp_calls=.. pass=1[ why=..]
 #   media_repeat mode=plain calls=500 rounds=3 rss_idle_kb=.. rss_after_kb=r1,r2,r3 growth_kb=.. failed=0
 #   result mode=plain max_calls=1000 server_cpu=.. us_per_call_s=.. tx_p99_ms=.. kb_per_call=..
+#   media_pair calls=500 round=1 plain_us_per_call_s=.. srtp_us_per_call_s=.. extra_pct=..
+#   media_pair_result calls=500 rounds=3 extras_pct=a,b,c median_extra_pct=..
 #   srtp available=1|0 why="..."
 # tx_*: |send interval - 20 ms| at the server, p50/p99/p99.9, and the
 # longest interval; rx_*: the same at the caller (its own load included).
@@ -88,12 +94,15 @@ KB_PER_CALL_MAX=128
 MAX_CALLS=1800
 REPEAT_ROUNDS=${BENCH_MEDIA_REPEAT_ROUNDS:-3}
 REPEAT_CALLS=${BENCH_MEDIA_REPEAT_CALLS:-500}
+PAIR_CALLS=${BENCH_MEDIA_PAIR_CALLS:-500}
+PAIR_ROUNDS=${BENCH_MEDIA_PAIR_ROUNDS:-3}
+SRTP_OK=0
 
 need_cmd awk ss getconf timeout
 check_luasip_built
 [[ $BENCH_FAKE_LUASIP == 1 ]] && die "media.sh has no fake mode (sipp's uas does not record or play)"
 
-for n in $STEPS; do
+for n in $STEPS $PAIR_CALLS; do
     [[ $n =~ ^[0-9]+$ ]] && ((n >= 1 && n <= MAX_CALLS)) ||
         die "BENCH_MEDIA_CALLS: '$n' is not a number of calls in 1-$MAX_CALLS"
     ((4 * n <= SRV_RTP_MAX - SRV_RTP_MIN && 4 * n <= CLR_RTP_MAX - CLR_RTP_MIN)) ||
@@ -387,6 +396,7 @@ for mode in $MODES; do
             continue
         fi
         echo "srtp available=1 why=\"$probe\""
+        SRTP_OK=1
     fi
     best=0 best_line=""
     for n in $STEPS; do
@@ -414,3 +424,35 @@ for mode in $MODES; do
     done
     echo "result mode=$mode max_calls=$best$kvs"
 done
+
+# field KEY LINE: the value of KEY=value in LINE
+field() { awk -v k="$1" '{ for (i = 1; i <= NF; i++) if (index($i, k "=") == 1) print substr($i, length(k) + 2) }' <<<"$2"; }
+
+# ------------------------------------------------------ SRTP's extra CPU
+# The steps above run all plain calls first, then all SRTP ones, minutes
+# apart; on a shared machine the CPU a call costs drifts by more than the
+# difference measured. So plain and SRTP also run back to back at the
+# same number of calls, PAIR_ROUNDS times; each round gives SRTP's extra
+# CPU per call over the plain step just before it, and the median of the
+# rounds is the result. A round counts when both steps held every call.
+if [[ $MODES == "plain srtp" && $SRTP_OK == 1 ]] && ((PAIR_ROUNDS > 0)); then
+    for n in $PAIR_CALLS; do
+        extras=""
+        for ((r = 1; r <= PAIR_ROUNDS; r++)); do
+            run_step plain "$n" "pair$r"
+            lp=$STEP_LINE
+            run_step srtp "$n" "pair$r"
+            ls=$STEP_LINE
+            extra=$(awk -v lp="$lp" -v ls="$ls" '
+                function v(line, k,   a, i, m) { m = split(line, a, " ")
+                    for (i = 1; i <= m; i++) if (index(a[i], k "=") == 1) return substr(a[i], length(k) + 2); return "" }
+                BEGIN { p = v(lp, "us_per_call_s"); s = v(ls, "us_per_call_s")
+                    if (v(lp, "held") != v(lp, "calls") || v(ls, "held") != v(ls, "calls") || p == "nan" || s == "nan" || p + 0 <= 0) print "nan"
+                    else printf "%.1f", (s - p) * 100 / p }')
+            echo "media_pair calls=$n round=$r plain_us_per_call_s=$(field us_per_call_s "$lp") srtp_us_per_call_s=$(field us_per_call_s "$ls") extra_pct=$extra"
+            [[ $extra == nan ]] || extras+="${extras:+,}$extra"
+        done
+        median=$(tr ',' '\n' <<<"$extras" | grep . | sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.1f", (a[NR / 2] + a[NR / 2 + 1]) / 2 }')
+        echo "media_pair_result calls=$n rounds=$PAIR_ROUNDS extras_pct=${extras:-none} median_extra_pct=$median"
+    done
+fi
