@@ -1,6 +1,6 @@
 -- spec/srtp_crypto_spec.lua: libsrtp2 with luasip's OpenSSL AES-ICM-128
 -- and HMAC-SHA1 (csrc/srtp_ossl.c) protects exactly as libsrtp2 with its
--- own built-in crypto (Debian's: NSS). The same packets are protected in
+-- own built-in crypto (Debian's: NSS), with AES-NI or through EVP. The same packets are protected in
 -- this process and in a child started with LUASIP_SRTP_BUILTIN=1 (which
 -- keeps libsrtp2's own types); the bytes must be equal, and libsrtp2's
 -- published test vector must come out of both.
@@ -76,10 +76,14 @@ describe("SRTP crypto", function()
         for i = 2, #mine do
             assert.equal(theirs[i], mine[i], "packet " .. i)
         end
-        -- and a child on the default agrees with both
+        -- and a child on the default agrees with both, and one whose
+        -- AES goes through OpenSSL's EVP instead of AES-NI instructions
         local again = run_child("")
         assert.equal("openssl", again[1])
         assert.same(mine, again)
+        local evp = run_child("LUASIP_SRTP_NO_AESNI=1")
+        assert.equal("openssl", evp[1])
+        assert.same(mine, evp)
     end)
 
     it("gives libsrtp2's published test vector", function()
