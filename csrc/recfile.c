@@ -246,15 +246,17 @@ static void block_push(struct block *b)
  * Create a WAV file for 8 kHz mono 16-bit samples (loop thread)
  *
  * @param rp   Recording (close with lsip_recfile_close)
+ * @param w    Its window, set here (see lsip_recfile_put)
  * @param path File name
  *
  * @return 0 if success, otherwise errno of open, or ENOMEM
  */
-int lsip_recfile_open(struct lsip_recfile **rp, const char *path)
+int lsip_recfile_open(struct lsip_recfile **rp, struct lsip_recwin *w,
+		      const char *path)
 {
 	struct lsip_recfile *r;
 
-	if (!rp || !path)
+	if (!rp || !w || !path)
 		return EINVAL;
 
 	if (!running) {
@@ -285,7 +287,8 @@ int lsip_recfile_open(struct lsip_recfile **rp, const char *path)
 
 	/* placeholder header, written by the writer with the first block */
 	wav_header(r->cur->data, 0);
-	r->cur->n = WAV_HDR;
+	w->p = r->cur->data + WAV_HDR;
+	w->left = BLOCK_BYTES - WAV_HDR;
 
 	*rp = r;
 	return 0;
@@ -293,17 +296,20 @@ int lsip_recfile_open(struct lsip_recfile **rp, const char *path)
 
 
 /**
- * Append samples (loop thread; the writer does the file I/O)
+ * Append samples that fill the block in the window w (loop thread; the
+ * writer does the file I/O): the block goes to the writer, w moves to a
+ * new one. lsip_recfile_put() calls this when a frame does not fit.
  *
  * @return 0, or the error the writer met on an earlier block
  */
-int lsip_recfile_write(struct lsip_recfile *r, const int16_t *s, size_t n)
+int lsip_recfile_write(struct lsip_recfile *r, struct lsip_recwin *w,
+		       const int16_t *s, size_t n)
 {
 	const uint8_t *p = (const uint8_t *)s;
 	size_t len = n * 2;
 	int err;
 
-	if (!r)
+	if (!r || !w)
 		return EINVAL;
 
 	pthread_mutex_lock(&lock);
@@ -313,22 +319,26 @@ int lsip_recfile_write(struct lsip_recfile *r, const int16_t *s, size_t n)
 		return err;
 
 	while (len) {
-		size_t k = BLOCK_BYTES - r->cur->n;
+		size_t k = w->left;
 
 		if (k > len)
 			k = len;
-		memcpy(r->cur->data + r->cur->n, p, k);
-		r->cur->n += k;
+		memcpy(w->p, p, k);
+		w->p += k;
+		w->left -= k;
 		p += k;
 		len -= k;
 
-		if (r->cur->n == BLOCK_BYTES) {
+		if (!w->left) {
 			struct block *nb = block_new(r);
 
 			if (!nb)
 				return ENOMEM;
+			r->cur->n = BLOCK_BYTES;
 			block_push(r->cur);
 			r->cur = nb;
+			w->p = nb->data;
+			w->left = BLOCK_BYTES;
 		}
 	}
 
@@ -341,11 +351,13 @@ int lsip_recfile_write(struct lsip_recfile *r, const int16_t *s, size_t n)
  * closes the file; returns once it has (loop thread). Frees r.
  *
  * @param r        Recording
+ * @param w        Its window (emptied)
  * @param droppedp Bytes dropped because the writer was far behind (or NULL)
  *
  * @return 0, or the first write/close error
  */
-int lsip_recfile_close(struct lsip_recfile *r, uint64_t *droppedp)
+int lsip_recfile_close(struct lsip_recfile *r, struct lsip_recwin *w,
+		       uint64_t *droppedp)
 {
 	struct block *b;
 	int err;
@@ -355,6 +367,9 @@ int lsip_recfile_close(struct lsip_recfile *r, uint64_t *droppedp)
 
 	b = r->cur;
 	r->cur = NULL;
+	b->n = BLOCK_BYTES - w->left;
+	w->p = NULL;
+	w->left = 0;
 	b->close = true;
 	block_push(b);
 
