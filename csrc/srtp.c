@@ -150,18 +150,15 @@ int lsip_srtp_alloc(struct lsip_srtp **sp, const char *suite,
 
 
 /* in place from mb->pos to mb->end; protect grows the mbuf for the tag */
-static int transform(struct lsip_srtp *s, struct mbuf *mb, bool rtcp,
-		     bool protect)
+static int transform_ctx(srtp_t ctx, struct mbuf *mb, bool rtcp,
+			 bool protect)
 {
 	size_t len, need;
 	srtp_err_status_t st;
 	uint8_t *p;
 	int n, err;
 
-	if (!s || !s->ctx || !mb)
-		return EINVAL;
-
-	if (protect != s->outbound)
+	if (!ctx || !mb)
 		return EINVAL;
 
 	len = mbuf_get_left(mb);
@@ -183,11 +180,11 @@ static int transform(struct lsip_srtp *s, struct mbuf *mb, bool rtcp,
 	p = mb->buf + mb->pos;
 	n = (int)len;
 	if (protect)
-		st = rtcp ? srtp_protect_rtcp(s->ctx, p, &n)
-			  : srtp_protect(s->ctx, p, &n);
+		st = rtcp ? srtp_protect_rtcp(ctx, p, &n)
+			  : srtp_protect(ctx, p, &n);
 	else
-		st = rtcp ? srtp_unprotect_rtcp(s->ctx, p, &n)
-			  : srtp_unprotect(s->ctx, p, &n);
+		st = rtcp ? srtp_unprotect_rtcp(ctx, p, &n)
+			  : srtp_unprotect(ctx, p, &n);
 
 	err = srtp_errno(st);
 	if (err)
@@ -195,6 +192,16 @@ static int transform(struct lsip_srtp *s, struct mbuf *mb, bool rtcp,
 
 	mb->end = mb->pos + (size_t)n;
 	return 0;
+}
+
+
+static int transform(struct lsip_srtp *s, struct mbuf *mb, bool rtcp,
+		     bool protect)
+{
+	if (!s || protect != s->outbound)
+		return EINVAL;
+
+	return transform_ctx(s->ctx, mb, rtcp, protect);
 }
 
 
@@ -571,6 +578,9 @@ struct sdes_key {
 
 
 struct lsip_msrtp {
+	/* first: what the udp helpers read for every packet (one line) */
+	srtp_t tx_ctx, rx_ctx;             /* stx->ctx, srx->ctx, or NULL */
+	uint32_t fail, replay, rtcp_fail, tx_err;
 	enum lsip_srtp_policy pol;
 	unsigned suites;                   /* bit i: suite_names[i] allowed */
 	struct sdes_key offered[NSUITES];  /* our lines in a=crypto */
@@ -578,7 +588,6 @@ struct lsip_msrtp {
 	struct sdes_key tx, rx;            /* keys of the active sessions */
 	struct lsip_srtp *stx, *srx;       /* NULL while plain */
 	struct udp_helper *uh_rtp, *uh_rtcp;
-	uint32_t fail, replay, rtcp_fail, tx_err;
 	bool active;
 };
 
@@ -601,6 +610,7 @@ static void msrtp_deactivate(struct lsip_msrtp *s)
 	s->uh_rtcp = mem_deref(s->uh_rtcp);
 	s->stx = mem_deref(s->stx);
 	s->srx = mem_deref(s->srx);
+	s->tx_ctx = s->rx_ctx = NULL;
 	memset(&s->tx, 0, sizeof(s->tx));
 	memset(&s->rx, 0, sizeof(s->rx));
 	s->active = false;
@@ -622,7 +632,7 @@ static bool send_rtp(int *err, struct sa *dst, struct mbuf *mb, void *arg)
 	struct lsip_msrtp *s = arg;
 
 	(void)dst;
-	*err = lsip_srtp_protect(s->stx, mb);
+	*err = transform_ctx(s->tx_ctx, mb, false, true);
 	if (*err)
 		++s->tx_err;
 
@@ -636,7 +646,7 @@ static bool recv_rtp(struct sa *src, struct mbuf *mb, void *arg)
 	int err;
 
 	(void)src;
-	err = lsip_srtp_unprotect(s->srx, mb);
+	err = transform_ctx(s->rx_ctx, mb, false, false);
 	if (!err)
 		return false;
 
@@ -654,7 +664,7 @@ static bool send_rtcp(int *err, struct sa *dst, struct mbuf *mb, void *arg)
 	struct lsip_msrtp *s = arg;
 
 	(void)dst;
-	*err = lsip_srtp_protect_rtcp(s->stx, mb);
+	*err = transform_ctx(s->tx_ctx, mb, true, true);
 	if (*err)
 		++s->tx_err;
 
@@ -667,7 +677,7 @@ static bool recv_rtcp(struct sa *src, struct mbuf *mb, void *arg)
 	struct lsip_msrtp *s = arg;
 
 	(void)src;
-	if (!lsip_srtp_unprotect_rtcp(s->srx, mb))
+	if (!transform_ctx(s->rx_ctx, mb, true, false))
 		return false;
 
 	++s->rtcp_fail;
@@ -718,6 +728,8 @@ static int msrtp_activate(struct lsip_msrtp *s, struct rtp_sock *rtp,
 	mem_deref(s->srx);
 	s->stx = stx;
 	s->srx = srx;
+	s->tx_ctx = stx->ctx;
+	s->rx_ctx = srx->ctx;
 	stx = srx = NULL;
 	s->tx = *tx;
 	s->rx = *rx;
