@@ -432,17 +432,23 @@ field() { awk -v k="$1" '{ for (i = 1; i <= NF; i++) if (index($i, k "=") == 1) 
 # The steps above run all plain calls first, then all SRTP ones, minutes
 # apart; on a shared machine the CPU a call costs drifts by more than the
 # difference measured. So plain and SRTP also run back to back at the
-# same number of calls, PAIR_ROUNDS times; each round gives SRTP's extra
-# CPU per call over the plain step just before it, and the median of the
-# rounds is the result. A round counts when both steps held every call.
+# same number of calls, PAIR_ROUNDS times (odd rounds plain first, even
+# rounds SRTP first); each round gives SRTP's extra CPU per call over its
+# plain step, and the median of the rounds is the result. A round counts
+# when both steps held every call.
 if [[ $MODES == "plain srtp" && $SRTP_OK == 1 ]] && ((PAIR_ROUNDS > 0)); then
     for n in $PAIR_CALLS; do
         extras=""
         for ((r = 1; r <= PAIR_ROUNDS; r++)); do
-            run_step plain "$n" "pair$r"
-            lp=$STEP_LINE
-            run_step srtp "$n" "pair$r"
-            ls=$STEP_LINE
+            # odd rounds plain first, even rounds SRTP first: a drift of
+            # the machine over a round does not favour one mode
+            if ((r % 2)); then
+                run_step plain "$n" "pair$r"; lp=$STEP_LINE
+                run_step srtp "$n" "pair$r"; ls=$STEP_LINE
+            else
+                run_step srtp "$n" "pair$r"; ls=$STEP_LINE
+                run_step plain "$n" "pair$r"; lp=$STEP_LINE
+            fi
             extra=$(awk -v lp="$lp" -v ls="$ls" '
                 function v(line, k,   a, i, m) { m = split(line, a, " ")
                     for (i = 1; i <= m; i++) if (index(a[i], k "=") == 1) return substr(a[i], length(k) + 2); return "" }

@@ -467,7 +467,8 @@ $(grep '^media_repeat ' "$BENCH_OUT/media.txt" 2>/dev/null | while read -r l; do
 done)
 
 CPU per call, plain RTP vs SRTP (target: SRTP under 25% extra). Plain
-and SRTP steps run back to back at the same number of calls, in rounds;
+and SRTP steps run back to back at the same number of calls, in rounds
+(odd rounds plain first, even rounds SRTP first);
 the median of the rounds is the result (the steps of the search above
 run minutes apart, and on this shared machine a call's CPU drifts by more
 than SRTP's share between them: their ratios follow, for reference):
