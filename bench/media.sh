@@ -35,7 +35,9 @@
 # both modes, BENCH_MEDIA_PAIR_ROUNDS (3) rounds then run a plain step
 # and an SRTP step back to back at each of BENCH_MEDIA_PAIR_CALLS (500)
 # calls: SRTP's extra CPU per call, per round and their median (steps
-# minutes apart differ by more than that on a shared machine).
+# minutes apart differ by more than that on a shared machine); and as
+# many rounds of a plain and an SRTP server side by side on the server's
+# core, BENCH_MEDIA_SIDE_CALLS (250) calls each (side_step).
 #
 # Stdout (machine-readable), one line per attempt, one result per mode:
 #   media mode=plain calls=1000 attempt=1 held=1000 ok=1000 failed=0 srv_done=1000 srv_failed=0
@@ -48,6 +50,8 @@
 #   result mode=plain max_calls=1000 server_cpu=.. us_per_call_s=.. tx_p99_ms=.. kb_per_call=..
 #   media_pair calls=500 round=1 plain_us_per_call_s=.. srtp_us_per_call_s=.. extra_pct=..
 #   media_pair_result calls=500 rounds=3 extras_pct=a,b,c median_extra_pct=..
+#   media_side calls=250 round=1 plain_cpu=.. srtp_cpu=.. extra_pct=.. ok_plain=.. ok_srtp=.. srtp_calls=..
+#   media_side_result calls=250 rounds=3 extras_pct=a,b,c median_extra_pct=..
 #   srtp available=1|0 why="..."
 # tx_*: |send interval - 20 ms| at the server, p50/p99/p99.9, and the
 # longest interval; rx_*: the same at the caller (its own load included).
@@ -96,13 +100,14 @@ REPEAT_ROUNDS=${BENCH_MEDIA_REPEAT_ROUNDS:-3}
 REPEAT_CALLS=${BENCH_MEDIA_REPEAT_CALLS:-500}
 PAIR_CALLS=${BENCH_MEDIA_PAIR_CALLS:-500}
 PAIR_ROUNDS=${BENCH_MEDIA_PAIR_ROUNDS:-3}
+SIDE_CALLS=${BENCH_MEDIA_SIDE_CALLS:-250}
 SRTP_OK=0
 
 need_cmd awk ss getconf timeout
 check_luasip_built
 [[ $BENCH_FAKE_LUASIP == 1 ]] && die "media.sh has no fake mode (sipp's uas does not record or play)"
 
-for n in $STEPS $PAIR_CALLS; do
+for n in $STEPS $PAIR_CALLS $SIDE_CALLS; do
     [[ $n =~ ^[0-9]+$ ]] && ((n >= 1 && n <= MAX_CALLS)) ||
         die "BENCH_MEDIA_CALLS: '$n' is not a number of calls in 1-$MAX_CALLS"
     ((4 * n <= SRV_RTP_MAX - SRV_RTP_MIN && 4 * n <= CLR_RTP_MAX - CLR_RTP_MIN)) ||
@@ -425,6 +430,74 @@ for mode in $MODES; do
     echo "result mode=$mode max_calls=$best$kvs"
 done
 
+# side_step N ROUND: a plain and an SRTP IVR side by side on the server's
+# core, N calls each (two callers on the other core, placed together).
+# The CPU of both servers over the same WINDOW s: whatever else the
+# machine does then, it does to both, so their ratio is SRTP's extra CPU
+# per call with the machine's drift taken out (both pay for sharing the
+# core: context switches, each other's cache lines). Prints (and sets
+# SIDE_LINE to)
+#   media_side calls=N round=R plain_cpu=.. srtp_cpu=.. extra_pct=.. ok_plain=.. ok_srtp=.. srtp_calls=..
+side_step() {
+    local n=$1 r=$2 ramp hold bp bs pp ps cp cs lp ls lcp lcs
+    ramp=$(awk -v n="$n" -v r="$RATE" 'BEGIN { printf "%d", (n + r - 1) / r }')
+    hold=$((2 * ramp + 1 + WINDOW + 5))
+    local half_s=$(((SRV_RTP_MIN + SRV_RTP_MAX) / 2)) half_c=$(((CLR_RTP_MIN + CLR_RTP_MAX) / 2))
+    rm -rf "${REC_DIR:?}"/*
+    mkdir -p "$REC_DIR/plain" "$REC_DIR/srtp"
+    bp=$(free_port_block 16)
+    bs=$(free_port_block 16)
+    while ((bs >= bp - 16 && bs <= bp + 16)); do bs=$(free_port_block 16); done
+    lp=$OUT/server-side-plain-$n-$r.log ls=$OUT/server-side-srtp-$n-$r.log
+    lcp=$OUT/caller-side-plain-$n-$r.log lcs=$OUT/caller-side-srtp-$n-$r.log
+    SERVER_TASKSET=$TASKSET_SRV
+    SERVER_IVR_ARGS=("$SRV_RTP_MIN" "$((half_s - 1))" "$PROMPT" "$REC_DIR/plain" "$hold" off)
+    start_server luasip-ivr "$bp" "$lp"
+    pp=$SERVER_PID
+    SERVER_IVR_ARGS=("$half_s" "$SRV_RTP_MAX" "$PROMPT" "$REC_DIR/srtp" "$hold" mandatory)
+    start_server luasip-ivr "$bs" "$ls"
+    ps=$SERVER_PID
+    SERVER_PIDS=()
+    log "side by side: $n plain and $n SRTP calls at ${RATE}/s each, held ${hold}s (round $r)"
+    # shellcheck disable=SC2086
+    "${lua_env[@]}" $TASKSET_CLR "$LUA" "$BENCH_DIR/luasip/caller.lua" "$((bp + 8))" \
+        "sip:ivr@$BENCH_IP:$bp" "$n" "$RATE" "$hold" "$CLR_RTP_MIN" "$((half_c - 1))" off >"$lcp" 2>&1 </dev/null &
+    cp=$!
+    track_pid "$cp"
+    # shellcheck disable=SC2086
+    "${lua_env[@]}" $TASKSET_CLR "$LUA" "$BENCH_DIR/luasip/caller.lua" "$((bs + 8))" \
+        "sip:ivr@$BENCH_IP:$bs" "$n" "$RATE" "$hold" "$half_c" "$CLR_RTP_MAX" mandatory >"$lcs" 2>&1 </dev/null &
+    cs=$!
+    track_pid "$cs"
+    local deadline_ns=$(($(now_ns) + (ramp + hold + 45) * 1000000000)) up=0 a1 a2 b1 b2
+    while (($(now_ns) < deadline_ns)); do
+        grep -q '^all_up' "$lcp" && grep -q '^all_up' "$lcs" && { up=1; break; }
+        kill -0 "$cp" 2>/dev/null && kill -0 "$cs" 2>/dev/null || break
+        sleep 0.2
+    done
+    local pcpu=nan scpu=nan
+    if ((up)); then
+        sleep 1
+        a1=$(cpu_ticks "$pp" || echo 0) b1=$(cpu_ticks "$ps" || echo 0) t1=$(now_ns)
+        sleep "$WINDOW"
+        a2=$(cpu_ticks "$pp" || echo 0) b2=$(cpu_ticks "$ps" || echo 0) t2=$(now_ns)
+        pcpu=$(cpu_pct $((a2 - a1)) $((t2 - t1)))
+        scpu=$(cpu_pct $((b2 - b1)) $((t2 - t1)))
+    fi
+    while { kill -0 "$cp" 2>/dev/null || kill -0 "$cs" 2>/dev/null; } && (($(now_ns) < deadline_ns)); do sleep 0.2; done
+    for p in "$cp" "$cs" "$pp" "$ps"; do kill_pid "$p"; untrack_pid "$p"; done
+    rm -rf "${REC_DIR:?}"/*
+    local okp oks srtp_calls extra
+    okp=$(last_kv "$lcp" "end " ok) oks=$(last_kv "$lcs" "end " ok) srtp_calls=$(last_kv "$lcs" "end " srtp)
+    extra=$(awk -v p="$pcpu" -v s="$scpu" -v a="$okp" -v b="$oks" -v n="$n" -v c="$srtp_calls" \
+        'BEGIN { if (p == "nan" || s == "nan" || p + 0 <= 0 || a != n || b != n || c != n) print "nan"; else printf "%.1f", (s - p) * 100 / p }')
+    SIDE_LINE="media_side calls=$n round=$r plain_cpu=$pcpu srtp_cpu=$scpu extra_pct=$extra ok_plain=${okp:-0} ok_srtp=${oks:-0} srtp_calls=${srtp_calls:-0}"
+    echo "$SIDE_LINE"
+}
+
+# median of a comma-separated list of numbers ("nan" if empty)
+median() { tr ',' '\n' <<<"$1" | grep . | sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.1f", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+
 # field KEY LINE: the value of KEY=value in LINE
 field() { awk -v k="$1" '{ for (i = 1; i <= NF; i++) if (index($i, k "=") == 1) print substr($i, length(k) + 2) }' <<<"$2"; }
 
@@ -458,7 +531,15 @@ if [[ $MODES == "plain srtp" && $SRTP_OK == 1 ]] && ((PAIR_ROUNDS > 0)); then
             echo "media_pair calls=$n round=$r plain_us_per_call_s=$(field us_per_call_s "$lp") srtp_us_per_call_s=$(field us_per_call_s "$ls") extra_pct=$extra"
             [[ $extra == nan ]] || extras+="${extras:+,}$extra"
         done
-        median=$(tr ',' '\n' <<<"$extras" | grep . | sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.1f", (a[NR / 2] + a[NR / 2 + 1]) / 2 }')
-        echo "media_pair_result calls=$n rounds=$PAIR_ROUNDS extras_pct=${extras:-none} median_extra_pct=$median"
+        echo "media_pair_result calls=$n rounds=$PAIR_ROUNDS extras_pct=${extras:-none} median_extra_pct=$(median "$extras")"
+    done
+    for n in $SIDE_CALLS; do
+        extras=""
+        for ((r = 1; r <= PAIR_ROUNDS; r++)); do
+            side_step "$n" "$r"
+            extra=$(field extra_pct "$SIDE_LINE")
+            [[ $extra == nan || -z $extra ]] || extras+="${extras:+,}$extra"
+        done
+        echo "media_side_result calls=$n rounds=$PAIR_ROUNDS extras_pct=${extras:-none} median_extra_pct=$(median "$extras")"
     done
 fi

@@ -485,6 +485,22 @@ $(grep '^media_pair_result ' "$BENCH_OUT/media.txt" 2>/dev/null | while read -r 
     echo "- $(kv calls <<<"$l") calls, $(kv rounds <<<"$l") rounds: SRTP extra per round $(kv extras_pct <<<"$l") %, median **$m %** ($v)."
 done)
 
+The same, a plain and an SRTP server side by side on the server's core
+(N calls each, placed together; the CPU of both over the same window, so
+the machine's drift meets both alike):
+
+| calls each | round | server CPU % plain | server CPU % SRTP | SRTP extra |
+|---:|---:|---:|---:|---:|
+$(grep '^media_side ' "$BENCH_OUT/media.txt" 2>/dev/null | while read -r l; do
+    echo "| $(kv calls <<<"$l") | $(kv round <<<"$l") | $(kv plain_cpu <<<"$l") | $(kv srtp_cpu <<<"$l") | $(kv extra_pct <<<"$l") % |"
+done)
+
+$(grep '^media_side_result ' "$BENCH_OUT/media.txt" 2>/dev/null | while read -r l; do
+    m=$(kv median_extra_pct <<<"$l")
+    v=$(awk -v m="$m" 'BEGIN { print (m != "nan" && m + 0 < 25) ? "pass" : "FAIL" }')
+    echo "- $(kv calls <<<"$l") calls each, $(kv rounds <<<"$l") rounds: SRTP extra per round $(kv extras_pct <<<"$l") %, median **$m %** ($v)."
+done)
+
 From the steps of the search:
 
 | calls | server CPU % plain | server CPU % SRTP | µs/call-s plain | µs/call-s SRTP | SRTP extra | |
