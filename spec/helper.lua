@@ -175,14 +175,57 @@ end
 --- Scheduler counters (tasks, waiting, endpoints).
 h.stats = sched.stats
 
---- A UDP port (on 127.0.0.1) that was free a moment ago.
+-- h.free_port's range: from 21000 (above luasip's default RTP ports,
+-- 10000-20000) to below the kernel's ephemeral range, which every bind to
+-- port 0 and every outgoing connection draws from
+local PORT_LO, PORT_HI = 21000, 32767
+do
+    local f = io.open("/proc/sys/net/ipv4/ip_local_port_range")
+    local lo = f and tonumber((f:read("l") or ""):match("^(%d+)"))
+    if f then f:close() end
+    if lo then PORT_HI = lo - 1 end
+end
+local handed = {}
+
+--- A port on 127.0.0.1 free for UDP and TCP a moment ago, for a process
+-- a spec starts (or an endpoint it listens with). Taken outside the
+-- kernel's ephemeral range: a port that range gave out (as bind to port 0
+-- did here before) could be given again, to any socket the suite or its
+-- children open, before the process it was meant for bound it; baresip
+-- then failed with "Address already in use" once in CI. Never the same
+-- port twice in one run.
 function h.free_port()
     local socket = require "socket"
-    local u = assert(socket.udp())
-    assert(u:setsockname("127.0.0.1", 0))
-    local _, port = u:getsockname()
-    u:close()
-    return assert(tonumber(port))
+    if PORT_HI - PORT_LO < 1000 then     -- no room below: as before
+        local u = assert(socket.udp())
+        assert(u:setsockname("127.0.0.1", 0))
+        local _, port = u:getsockname()
+        u:close()
+        return assert(tonumber(port))
+    end
+    for _ = 1, 1000 do
+        local p = math.random(PORT_LO, PORT_HI)
+        if not handed[p] then
+            local u, t = assert(socket.udp()), assert(socket.tcp())
+            local ok = u:setsockname("127.0.0.1", p) and t:bind("127.0.0.1", p)
+            u:close()
+            t:close()
+            if ok then
+                handed[p] = true
+                return p
+            end
+        end
+    end
+    error(("no free port in %d-%d"):format(PORT_LO, PORT_HI))
+end
+
+
+--- Mark port p as handed out (a process will bind it too); false if it
+-- already was.
+function h.claim_port(p)
+    if handed[p] then return false end
+    handed[p] = true
+    return true
 end
 
 
