@@ -72,6 +72,7 @@ struct lsip_media {
 	int ncodecs;
 	bool symmetric, latched, started, marker, ev_active;
 	bool rhold;               /* far end offered c=0.0.0.0 (old hold) */
+	bool te_tx;               /* telev may have events to send */
 
 	/* player */
 	enum src_type src;
@@ -589,8 +590,14 @@ static void send_frame(struct lsip_media *m)
 	mb = m->txmb;
 	mb->pos = mb->end = RTP_HEADER_SIZE;
 
-	if (m->te_pt >= 0 &&
-	    !telev_poll(m->telev, &marker, mb) && mb->end > RTP_HEADER_SIZE) {
+	/* libre's telev_poll fails only when idle with nothing queued, and
+	 * stays so until the next telev_send: not polled (its struct is a
+	 * cache miss a frame with 1000 calls) until send_dtmf queues more */
+	if (m->te_pt >= 0 && m->te_tx &&
+	    telev_poll(m->telev, &marker, mb))
+		m->te_tx = false;
+
+	if (m->te_pt >= 0 && m->te_tx && mb->end > RTP_HEADER_SIZE) {
 		if (marker)
 			m->ev_ts = m->ts;
 		mb->pos = RTP_HEADER_SIZE;
@@ -1355,6 +1362,7 @@ static int l_media_send_dtmf(lua_State *L)
 		if (!err)
 			err = telev_send(m->telev, telev_digit2code(*p), true);
 	}
+	m->te_tx = true;
 	if (err)
 		return lsip_fail(L, err, "send_dtmf");
 
