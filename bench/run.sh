@@ -410,6 +410,17 @@ media_srtp_rows() {
         }' "$BENCH_OUT/media.txt" 2>/dev/null | sort -t'|' -k2 -n
 }
 
+# srtp_verdicts KIND WHAT: the media_KIND_result lines (SRTP's extra CPU,
+# median of rounds) as list items against the 25% target
+srtp_verdicts() {
+    grep "^media_$1_result " "$BENCH_OUT/media.txt" 2>/dev/null | while read -r l; do
+        local m v
+        m=$(kv median_extra_pct <<<"$l")
+        v=$(awk -v m="$m" 'BEGIN { print (m != "nan" && m + 0 < 25) ? "pass" : "FAIL" }')
+        echo "- $(kv calls <<<"$l") $2, $(kv rounds <<<"$l") rounds: SRTP extra per round $(kv extras_pct <<<"$l") %, median **$m %** ($v)."
+    done
+}
+
 media_report() {
     if ! has_part media; then
         printf '\n## Media (concurrent calls with RTP)\n\nNot run (BENCH_PARTS="%s").\n' "$PARTS"
@@ -479,11 +490,7 @@ $(grep '^media_pair ' "$BENCH_OUT/media.txt" 2>/dev/null | while read -r l; do
     echo "| $(kv calls <<<"$l") | $(kv round <<<"$l") | $(kv plain_us_per_call_s <<<"$l") | $(kv srtp_us_per_call_s <<<"$l") | $(kv extra_pct <<<"$l") % |"
 done)
 
-$(grep '^media_pair_result ' "$BENCH_OUT/media.txt" 2>/dev/null | while read -r l; do
-    m=$(kv median_extra_pct <<<"$l")
-    v=$(awk -v m="$m" 'BEGIN { print (m != "nan" && m + 0 < 25) ? "pass" : "FAIL" }')
-    echo "- $(kv calls <<<"$l") calls, $(kv rounds <<<"$l") rounds: SRTP extra per round $(kv extras_pct <<<"$l") %, median **$m %** ($v)."
-done)
+$(srtp_verdicts pair calls)
 
 The same, a plain and an SRTP server side by side on the server's core
 (N calls each, placed together; the CPU of both over the same window, so
@@ -495,11 +502,7 @@ $(grep '^media_side ' "$BENCH_OUT/media.txt" 2>/dev/null | while read -r l; do
     echo "| $(kv calls <<<"$l") | $(kv round <<<"$l") | $(kv plain_cpu <<<"$l") | $(kv srtp_cpu <<<"$l") | $(kv extra_pct <<<"$l") % |"
 done)
 
-$(grep '^media_side_result ' "$BENCH_OUT/media.txt" 2>/dev/null | while read -r l; do
-    m=$(kv median_extra_pct <<<"$l")
-    v=$(awk -v m="$m" 'BEGIN { print (m != "nan" && m + 0 < 25) ? "pass" : "FAIL" }')
-    echo "- $(kv calls <<<"$l") calls each, $(kv rounds <<<"$l") rounds: SRTP extra per round $(kv extras_pct <<<"$l") %, median **$m %** ($v)."
-done)
+$(srtp_verdicts side "calls each")
 
 From the steps of the search:
 

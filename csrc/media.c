@@ -660,6 +660,19 @@ static struct list ring = LIST_INIT;
 static struct tmr ring_tmr;
 
 static void tick(struct lsip_media *m);
+static void ring_handler(void *arg);
+
+
+/* the ring's timer at the head's deadline, stopped when the ring is empty */
+static void ring_arm(void)
+{
+	if (ring.head)
+		lsip_tmr_start_us(&ring_tmr,
+				  ((struct lsip_media *)ring.head->data)->due,
+				  ring_handler, NULL);
+	else
+		tmr_cancel(&ring_tmr);
+}
 
 
 static void ring_handler(void *arg)
@@ -677,12 +690,7 @@ static void ring_handler(void *arg)
 		tick(m);               /* may close any media, m too */
 	}
 
-	if (ring.head)
-		lsip_tmr_start_us(&ring_tmr,
-				  ((struct lsip_media *)ring.head->data)->due,
-				  ring_handler, NULL);
-	else
-		tmr_cancel(&ring_tmr);
+	ring_arm();
 }
 
 
@@ -718,14 +726,8 @@ static void ring_remove(struct lsip_media *m)
 	const bool head = ring.head == &m->tick_le;
 
 	list_unlink(&m->tick_le);
-	if (!head)
-		return;
-	if (ring.head)
-		lsip_tmr_start_us(&ring_tmr,
-				  ((struct lsip_media *)ring.head->data)->due,
-				  ring_handler, NULL);
-	else
-		tmr_cancel(&ring_tmr);
+	if (head)
+		ring_arm();
 }
 
 
