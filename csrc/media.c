@@ -717,7 +717,7 @@ static void ring_put(struct lsip_media *m, uint64_t due)
 	}
 
 	if (ring.head == &m->tick_le)
-		lsip_tmr_start_us(&ring_tmr, due, ring_handler, NULL);
+		ring_arm();
 }
 
 

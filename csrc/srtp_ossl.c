@@ -283,6 +283,23 @@ static inline void xor_into(uint8_t *buf, const uint8_t *ks, unsigned int n)
 }
 
 
+/* out = AES-128-ECB(in), nb blocks: AES-NI or the EVP context */
+static bool ecb(struct icm *st, uint8_t *out, const uint8_t *in,
+		unsigned int nb)
+{
+	int n;
+
+#ifdef HAVE_AESNI
+	if (!st->ctx) {
+		aesni_ecb(st->rk, out, in, nb);
+		return true;
+	}
+#endif
+	return 1 == EVP_EncryptUpdate(st->ctx, out, &n, in, (int)(nb * 16)) &&
+		n == (int)(nb * 16);
+}
+
+
 /* counter mode: encrypting and decrypting are the same XOR */
 static srtp_err_status_t icm_crypt(void *state, uint8_t *buf,
 				   unsigned int *len)
@@ -290,7 +307,6 @@ static srtp_err_status_t icm_crypt(void *state, uint8_t *buf,
 	struct icm *st = state;
 	uint8_t in[ICM_CHUNK * 16], ks[ICM_CHUNK * 16];
 	unsigned int left = *len, nb, b, k;
-	int n;
 
 	/* what the last block of the previous call left */
 	while (left && st->used < sizeof(st->ks)) {
@@ -306,14 +322,7 @@ static srtp_err_status_t icm_crypt(void *state, uint8_t *buf,
 			memcpy(in + 16 * b, st->ctr, 16);
 			ctr_inc(st->ctr);
 		}
-#ifdef HAVE_AESNI
-		if (!st->ctx)
-			aesni_ecb(st->rk, ks, in, nb);
-		else
-#endif
-		if (1 != EVP_EncryptUpdate(st->ctx, ks, &n, in,
-					   (int)(nb * 16)) ||
-		    n != (int)(nb * 16))
+		if (!ecb(st, ks, in, nb))
 			return srtp_err_status_cipher_fail;
 
 		k = left < nb * 16 ? left : nb * 16;

@@ -275,14 +275,7 @@ void tmr_poll(struct list *tmrl)
  */
 uint64_t tmr_jiffies(void)
 {
-	struct timespec now;
-
-	if (0 != clock_gettime(CLOCK_MONOTONIC, &now)) {
-		DEBUG_WARNING("jiffies: clock_gettime() failed (%m)\n", errno);
-		return 0;
-	}
-
-	return (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000;
+	return lsip_tmr_now_us() / 1000;
 }
 
 
@@ -295,10 +288,30 @@ uint64_t lsip_tmr_now_us(void)
 {
 	struct timespec now;
 
-	if (0 != clock_gettime(CLOCK_MONOTONIC, &now))
+	if (0 != clock_gettime(CLOCK_MONOTONIC, &now)) {
+		DEBUG_WARNING("clock_gettime() failed (%m)\n", errno);
 		return 0;
+	}
 
 	return (uint64_t)now.tv_sec * 1000000 + (uint64_t)now.tv_nsec / 1000;
+}
+
+
+/* us until h's earliest timer, 0 if due, -1 if none */
+static int64_t heap_next_us(const struct theap *h)
+{
+	uint64_t now;
+
+	if (!h || !h->n)
+		return -1;
+
+	now = lsip_tmr_now_us();
+	if (h->v[0].jfs <= now)
+		return 0;
+	if (h->v[0].jfs - now > INT64_MAX)
+		return INT64_MAX;
+
+	return (int64_t)(h->v[0].jfs - now);
 }
 
 
@@ -312,16 +325,12 @@ uint64_t lsip_tmr_now_us(void)
  */
 uint64_t tmr_next_timeout(struct list *tmrl)
 {
-	const uint64_t now = lsip_tmr_now_us();
-	const struct theap *h = heap_get(tmrl, false);
+	const int64_t us = heap_next_us(heap_get(tmrl, false));
 
-	if (!h || !h->n)
+	if (us < 0)
 		return 0;
 
-	if (h->v[0].jfs <= now + 1000)
-		return 1;
-
-	return (h->v[0].jfs - now + 999) / 1000;
+	return us <= 1000 ? 1 : ((uint64_t)us + 999) / 1000;
 }
 
 
@@ -332,19 +341,7 @@ uint64_t tmr_next_timeout(struct list *tmrl)
  */
 int64_t lsip_tmr_next_us(void)
 {
-	const struct theap *h = heap_get(tmrl_get(), false);
-	uint64_t now;
-
-	if (!h || !h->n)
-		return -1;
-
-	now = lsip_tmr_now_us();
-	if (h->v[0].jfs <= now)
-		return 0;
-	if (h->v[0].jfs - now > INT64_MAX)
-		return INT64_MAX;
-
-	return (int64_t)(h->v[0].jfs - now);
+	return heap_next_us(heap_get(tmrl_get(), false));
 }
 
 
@@ -521,14 +518,7 @@ void tmr_cancel(struct tmr *tmr)
  */
 uint64_t tmr_get_expire(const struct tmr *tmr)
 {
-	uint64_t now;
-
-	if (!tmr || !tmr->th)
-		return 0;
-
-	now = lsip_tmr_now_us();
-
-	return (tmr->jfs > now) ? (tmr->jfs - now + 999) / 1000 : 0;
+	return (lsip_tmr_expire_us(tmr) + 999) / 1000;
 }
 
 
