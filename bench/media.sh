@@ -214,6 +214,19 @@ last_kv() {
         END { n = split(line, f, " "); for (i = 1; i <= n; i++) if (index(f[i], k "=") == 1) { print substr(f[i], length(k) + 2); exit } }' "$1"
 }
 
+# field KEY LINE: the value of KEY=value in LINE
+field() { awk -v k="$1" '{ for (i = 1; i <= NF; i++) if (index($i, k "=") == 1) print substr($i, length(k) + 2) }' <<<"$2"; }
+
+# median of a comma-separated list of numbers ("nan" if empty)
+median() { tr ',' '\n' <<<"$1" | grep . | sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.1f", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+
+# extra_pct PLAIN SRTP: SRTP's extra over PLAIN in % (one decimal), "nan"
+# unless both are numbers and PLAIN > 0
+extra_pct() {
+    awk -v p="$1" -v s="$2" 'BEGIN { if (p == "" || s == "" || p == "nan" || s == "nan" || p + 0 <= 0) print "nan"
+        else printf "%.1f", (s - p) * 100 / p }'
+}
+
 cpu_pct() {  # cpu_pct TICKS NS
     awk -v c="$1" -v hz="$CLK_TCK" -v ns="$2" 'BEGIN { printf "%.1f", (c / hz) * 100 / (ns / 1e9) }'
 }
@@ -424,7 +437,7 @@ for mode in $MODES; do
     fi
     kvs=""
     for k in server_cpu us_per_call_s tx_p99_ms kb_per_call; do
-        v=$(awk -v k="$k" '{ for (i = 1; i <= NF; i++) if (index($i, k "=") == 1) print substr($i, length(k) + 2) }' <<<"$best_line")
+        v=$(field "$k" "$best_line")
         kvs+=" $k=${v:-nan}"
     done
     echo "result mode=$mode max_calls=$best$kvs"
@@ -439,7 +452,7 @@ done
 # SIDE_LINE to)
 #   media_side calls=N round=R plain_cpu=.. srtp_cpu=.. extra_pct=.. ok_plain=.. ok_srtp=.. srtp_calls=..
 side_step() {
-    local n=$1 r=$2 ramp hold bp bs pp ps cp cs lp ls lcp lcs
+    local n=$1 r=$2 ramp hold bp bs pp ps cp cs lp ls lcp lcs t1 t2
     ramp=$(awk -v n="$n" -v r="$RATE" 'BEGIN { printf "%d", (n + r - 1) / r }')
     hold=$((2 * ramp + 1 + WINDOW + 5))
     local half_s=$(((SRV_RTP_MIN + SRV_RTP_MAX) / 2)) half_c=$(((CLR_RTP_MIN + CLR_RTP_MAX) / 2))
@@ -487,19 +500,12 @@ side_step() {
     while { kill -0 "$cp" 2>/dev/null || kill -0 "$cs" 2>/dev/null; } && (($(now_ns) < deadline_ns)); do sleep 0.2; done
     for p in "$cp" "$cs" "$pp" "$ps"; do kill_pid "$p"; untrack_pid "$p"; done
     rm -rf "${REC_DIR:?}"/*
-    local okp oks srtp_calls extra
+    local okp oks srtp_calls extra=nan
     okp=$(last_kv "$lcp" "end " ok) oks=$(last_kv "$lcs" "end " ok) srtp_calls=$(last_kv "$lcs" "end " srtp)
-    extra=$(awk -v p="$pcpu" -v s="$scpu" -v a="$okp" -v b="$oks" -v n="$n" -v c="$srtp_calls" \
-        'BEGIN { if (p == "nan" || s == "nan" || p + 0 <= 0 || a != n || b != n || c != n) print "nan"; else printf "%.1f", (s - p) * 100 / p }')
+    if [[ $okp == "$n" && $oks == "$n" && $srtp_calls == "$n" ]]; then extra=$(extra_pct "$pcpu" "$scpu"); fi
     SIDE_LINE="media_side calls=$n round=$r plain_cpu=$pcpu srtp_cpu=$scpu extra_pct=$extra ok_plain=${okp:-0} ok_srtp=${oks:-0} srtp_calls=${srtp_calls:-0}"
     echo "$SIDE_LINE"
 }
-
-# median of a comma-separated list of numbers ("nan" if empty)
-median() { tr ',' '\n' <<<"$1" | grep . | sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.1f", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-
-# field KEY LINE: the value of KEY=value in LINE
-field() { awk -v k="$1" '{ for (i = 1; i <= NF; i++) if (index($i, k "=") == 1) print substr($i, length(k) + 2) }' <<<"$2"; }
 
 # ------------------------------------------------------ SRTP's extra CPU
 # The steps above run all plain calls first, then all SRTP ones, minutes
@@ -516,19 +522,17 @@ if [[ $MODES == "plain srtp" && $SRTP_OK == 1 ]] && ((PAIR_ROUNDS > 0)); then
             # odd rounds plain first, even rounds SRTP first: a drift of
             # the machine over a round does not favour one mode
             if ((r % 2)); then
-                run_step plain "$n" "pair$r"; lp=$STEP_LINE
-                run_step srtp "$n" "pair$r"; ls=$STEP_LINE
+                run_step plain "$n" "pair$r"; line_p=$STEP_LINE
+                run_step srtp "$n" "pair$r"; line_s=$STEP_LINE
             else
-                run_step srtp "$n" "pair$r"; ls=$STEP_LINE
-                run_step plain "$n" "pair$r"; lp=$STEP_LINE
+                run_step srtp "$n" "pair$r"; line_s=$STEP_LINE
+                run_step plain "$n" "pair$r"; line_p=$STEP_LINE
             fi
-            extra=$(awk -v lp="$lp" -v ls="$ls" '
-                function v(line, k,   a, i, m) { m = split(line, a, " ")
-                    for (i = 1; i <= m; i++) if (index(a[i], k "=") == 1) return substr(a[i], length(k) + 2); return "" }
-                BEGIN { p = v(lp, "us_per_call_s"); s = v(ls, "us_per_call_s")
-                    if (v(lp, "held") != v(lp, "calls") || v(ls, "held") != v(ls, "calls") || p == "nan" || s == "nan" || p + 0 <= 0) print "nan"
-                    else printf "%.1f", (s - p) * 100 / p }')
-            echo "media_pair calls=$n round=$r plain_us_per_call_s=$(field us_per_call_s "$lp") srtp_us_per_call_s=$(field us_per_call_s "$ls") extra_pct=$extra"
+            us_p=$(field us_per_call_s "$line_p") us_s=$(field us_per_call_s "$line_s") extra=nan
+            if [[ $(field held "$line_p") == "$n" && $(field held "$line_s") == "$n" ]]; then
+                extra=$(extra_pct "$us_p" "$us_s")
+            fi
+            echo "media_pair calls=$n round=$r plain_us_per_call_s=$us_p srtp_us_per_call_s=$us_s extra_pct=$extra"
             [[ $extra == nan ]] || extras+="${extras:+,}$extra"
         done
         echo "media_pair_result calls=$n rounds=$PAIR_ROUNDS extras_pct=${extras:-none} median_extra_pct=$(median "$extras")"
@@ -538,7 +542,7 @@ if [[ $MODES == "plain srtp" && $SRTP_OK == 1 ]] && ((PAIR_ROUNDS > 0)); then
         for ((r = 1; r <= PAIR_ROUNDS; r++)); do
             side_step "$n" "$r"
             extra=$(field extra_pct "$SIDE_LINE")
-            [[ $extra == nan || -z $extra ]] || extras+="${extras:+,}$extra"
+            [[ $extra == nan ]] || extras+="${extras:+,}$extra"
         done
         echo "media_side_result calls=$n rounds=$PAIR_ROUNDS extras_pct=${extras:-none} median_extra_pct=$(median "$extras")"
     done

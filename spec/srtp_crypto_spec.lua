@@ -1,9 +1,10 @@
 -- spec/srtp_crypto_spec.lua: libsrtp2 with luasip's OpenSSL AES-ICM-128
 -- and HMAC-SHA1 (csrc/srtp_ossl.c) protects exactly as libsrtp2 with its
--- own built-in crypto (Debian's: NSS), with AES-NI or through EVP. The same packets are protected in
--- this process and in a child started with LUASIP_SRTP_BUILTIN=1 (which
--- keeps libsrtp2's own types); the bytes must be equal, and libsrtp2's
--- published test vector must come out of both.
+-- own built-in crypto (Debian's: NSS), with AES-NI or through EVP. The
+-- same packets are protected in this process and in a child started with
+-- LUASIP_SRTP_BUILTIN=1 (which keeps libsrtp2's own types); the bytes
+-- must be equal, and libsrtp2's published test vector must come out of
+-- both.
 local core = require "luasip.core"
 
 local h = require "spec.helper"

@@ -49,7 +49,7 @@ describe("interop with baresip calling examples/ivr.lua", function()
         local baresip, _, ctlport = b.start(dir, 55, function(sip_port, ctrl_port)
             return b.config(sip_port, ctrl_port, 440,
                             { "net_interface 127.0.0.1", "module sndfile.so", "snd_path " .. dir })
-        end, { [iport] = true, [cport] = true })
+        end)
         local ivr_uri = "sip:ivr@127.0.0.1:" .. iport
         local message
         local ok, err = pcall(h.run, function()
