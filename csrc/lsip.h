@@ -265,6 +265,8 @@ const uint8_t *lsip_g711_table(bool ulaw);
 void lsip_prompt_flush(void);
 /* srtp_ossl.c: OpenSSL AES-ICM-128 and HMAC-SHA1 for libsrtp2 */
 const char *lsip_srtp_ossl_install(void);
+size_t lsip_srtp_ossl_cipher_size(const void *c);
+size_t lsip_srtp_ossl_auth_size(const void *a);
 /* srtp.c: SRTP of one media line (NULL: policy off); see srtp.c */
 struct lsip_msrtp;
 int lsip_msrtp_new(lua_State *L, int idx, struct lsip_msrtp **sp);

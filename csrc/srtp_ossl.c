@@ -510,6 +510,40 @@ static const srtp_auth_type_t hmac_type = {
 
 
 /**
+ * The memory one of our cipher instances occupies (its srtp_cipher_t and
+ * state are one block), for prefetching (srtp.c)
+ *
+ * @param c An srtp_cipher_t of libsrtp2's
+ *
+ * @return Its size in octets, or 0 if it is not an AES-ICM of this file
+ */
+size_t lsip_srtp_ossl_cipher_size(const void *c)
+{
+	const srtp_cipher_t *ci = c;
+
+	return ci && ci->type == &icm_type ?
+		sizeof(*ci) + sizeof(struct icm) : 0;
+}
+
+
+/**
+ * The memory one of our auth instances occupies (srtp_auth_t and state in
+ * one block), for prefetching (srtp.c)
+ *
+ * @param a An srtp_auth_t of libsrtp2's
+ *
+ * @return Its size in octets, or 0 if it is not an HMAC-SHA1 of this file
+ */
+size_t lsip_srtp_ossl_auth_size(const void *a)
+{
+	const srtp_auth_t *au = a;
+
+	return au && au->type == &hmac_type ?
+		sizeof(*au) + sizeof(struct hmac) : 0;
+}
+
+
+/**
  * Give libsrtp2 the OpenSSL AES-ICM-128 and HMAC-SHA1 (after srtp_init)
  *
  * @return NULL if both were taken, else what libsrtp2 refused and why

@@ -207,6 +207,7 @@ describe("SRTP calls", function()
             if periodic(payload(pkt)) then tones = tones + 1 end
         end
         assert.is_false(plain.caller.srtp)
+        assert.is_false(plain.caller.srtp_warm)
         assert.is_true(math.abs(plain.freq - 1000) < 20, "plain frequency " .. plain.freq)
 
         local res = tone_call({ srtp = "mandatory" }, { srtp = "mandatory" })
@@ -217,6 +218,9 @@ describe("SRTP calls", function()
         assert.is_true(res.dur > 1.1, "duration " .. tostring(res.dur))
         assert.equal(0, res.caller.srtp_fail)
         assert.equal(0, res.caller.rx_dropped)
+        -- libsrtp2's per-packet state found and read ahead (srtp.c, Warming)
+        assert.is_true(res.caller.srtp_warm)
+        assert.is_true(res.callee.srtp_warm)
         assert.is_true(res.caller.rx_packets >= 60, "rx " .. res.caller.rx_packets)
         -- tx_bytes counts payload, not the tag
         assert.equal(res.callee.tx_packets * FRAME, res.callee.tx_bytes)
