@@ -621,8 +621,9 @@ enum {
 	PF_CTX_SIZE = 0x18,      /* srtp_ctx_t_ */
 };
 
-/* per range: its first line's address | its number of lines (< 64) */
-typedef uintptr_t pf_plan[PF_RANGES];
+/* per range: its address | its size << PF_SHIFT (reads stay inside it) */
+typedef uint64_t pf_plan[PF_RANGES];
+#define PF_SHIFT 48
 
 static bool pf_on;               /* libsrtp2 2.5.x, our crypto, not off */
 
@@ -660,11 +661,10 @@ static int suite_index(const char *name)
 
 static void pf_add(pf_plan pf, int *n, const void *p, size_t size)
 {
-	const uintptr_t a = (uintptr_t)p & ~(uintptr_t)63;
-	const uintptr_t lines = ((uintptr_t)p + size + 63) / 64 - a / 64;
+	const uint64_t a = (uintptr_t)p;
 
-	if (p && size && *n < PF_RANGES && lines < 64)
-		pf[(*n)++] = a | lines;
+	if (p && size && size < 4096 && !(a >> PF_SHIFT) && *n < PF_RANGES)
+		pf[(*n)++] = a | (uint64_t)size << PF_SHIFT;
 }
 
 
@@ -710,20 +710,21 @@ static void pf_build(pf_plan pf, srtp_t ctx, uint32_t ssrc)
 }
 
 
-/* read one word of every line of the plan (the loads overlap) */
+/* read an octet of every line of the plan (the loads overlap) */
 static inline void pf_run(const pf_plan pf)
 {
-	uintptr_t acc = 0;
+	unsigned acc = 0;
 	int i;
 
 	for (i = 0; i < PF_RANGES && pf[i]; i++) {
-		const char *p = (const char *)(pf[i] & ~(uintptr_t)63);
-		unsigned lines = (unsigned)(pf[i] & 63);
+		const volatile uint8_t *p = (const volatile uint8_t *)
+			(uintptr_t)(pf[i] & (((uint64_t)1 << PF_SHIFT) - 1));
+		const size_t size = (size_t)(pf[i] >> PF_SHIFT);
+		size_t off;
 
-		while (lines--) {
-			acc += *(const volatile uintptr_t *)(const void *)p;
-			p += 64;
-		}
+		for (off = 0; off < size; off += 64)
+			acc += p[off];
+		acc += p[size - 1];     /* its last line */
 	}
 	__asm__ volatile ("" : : "r" (acc));
 }

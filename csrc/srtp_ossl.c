@@ -24,7 +24,8 @@
  *   calls); elsewhere, or with LUASIP_SRTP_NO_AESNI set, one EVP
  *   AES-128-ECB context keyed once does it.
  * - HMAC-SHA1 (RFC 2104): the inner and outer SHA-1 states after the
- *   padded key are computed once; each packet starts from a copy.
+ *   padded key are computed once (their five words kept per instance);
+ *   each packet's hash starts from them in a per-thread SHA_CTX.
  *
  * libsrtp2 still does all of SRTP: key derivation (through this AES-ICM),
  * packet and index handling, replay database, SRTCP. It runs each type's
@@ -371,10 +372,16 @@ static const srtp_cipher_type_t icm_type = {
 
 /* HMAC-SHA1 */
 
+/* the keyed part is the SHA-1 state after one block (the padded key): its
+ * five words; a packet's hash runs in a per-thread SHA_CTX, as libsrtp2
+ * starts, updates and finishes an auth within one protect or unprotect
+ * (the per-call state is then two lines instead of six: srtp.c reads it
+ * ahead of each packet) */
 struct hmac {
-	SHA_CTX inner0, outer0;     /* after the padded key */
-	SHA_CTX ctx;                /* the packet being authenticated */
+	uint32_t inner[5], outer[5];
 };
+
+static _Thread_local SHA_CTX hmac_run;
 
 
 static const srtp_auth_type_t hmac_type;
@@ -416,11 +423,28 @@ static srtp_err_status_t hmac_dealloc(srtp_auth_pointer_t a)
 }
 
 
+static void midstate_save(uint32_t h[5], const SHA_CTX *c)
+{
+	h[0] = c->h0; h[1] = c->h1; h[2] = c->h2; h[3] = c->h3; h[4] = c->h4;
+}
+
+
+/* c = SHA-1 after one 64-octet block that left the state h */
+static void midstate_load(SHA_CTX *c, const uint32_t h[5])
+{
+	c->h0 = h[0]; c->h1 = h[1]; c->h2 = h[2]; c->h3 = h[3]; c->h4 = h[4];
+	c->Nl = SHA_CBLOCK * 8;
+	c->Nh = 0;
+	c->num = 0;
+}
+
+
 static srtp_err_status_t hmac_init(void *state, const uint8_t *key,
 				   int key_len)
 {
 	struct hmac *st = state;
 	uint8_t ipad[SHA_CBLOCK], opad[SHA_CBLOCK];
+	SHA_CTX ctx;
 	int i;
 
 	if (key_len < 0 || key_len > SHA_CBLOCK)
@@ -433,11 +457,13 @@ static srtp_err_status_t hmac_init(void *state, const uint8_t *key,
 		opad[i] = k ^ 0x5c;
 	}
 
-	SHA1_Init(&st->inner0);
-	SHA1_Update(&st->inner0, ipad, sizeof(ipad));
-	SHA1_Init(&st->outer0);
-	SHA1_Update(&st->outer0, opad, sizeof(opad));
-	st->ctx = st->inner0;
+	SHA1_Init(&ctx);
+	SHA1_Update(&ctx, ipad, sizeof(ipad));
+	midstate_save(st->inner, &ctx);
+	SHA1_Init(&ctx);
+	SHA1_Update(&ctx, opad, sizeof(opad));
+	midstate_save(st->outer, &ctx);
+	OPENSSL_cleanse(&ctx, sizeof(ctx));
 	OPENSSL_cleanse(ipad, sizeof(ipad));
 	OPENSSL_cleanse(opad, sizeof(opad));
 
@@ -447,9 +473,7 @@ static srtp_err_status_t hmac_init(void *state, const uint8_t *key,
 
 static srtp_err_status_t hmac_start(void *state)
 {
-	struct hmac *st = state;
-
-	st->ctx = st->inner0;
+	midstate_load(&hmac_run, ((const struct hmac *)state)->inner);
 	return srtp_err_status_ok;
 }
 
@@ -457,12 +481,11 @@ static srtp_err_status_t hmac_start(void *state)
 static srtp_err_status_t hmac_update(void *state, const uint8_t *buf,
 				     int len)
 {
-	struct hmac *st = state;
-
+	(void)state;
 	if (len < 0)
 		return srtp_err_status_bad_param;
 
-	SHA1_Update(&st->ctx, buf, (size_t)len);
+	SHA1_Update(&hmac_run, buf, (size_t)len);
 	return srtp_err_status_ok;
 }
 
@@ -477,9 +500,9 @@ static srtp_err_status_t hmac_compute(void *state, const uint8_t *buf,
 	if (len < 0 || tag_len < 1 || tag_len > SHA_DIGEST_LENGTH)
 		return srtp_err_status_bad_param;
 
-	SHA1_Update(&st->ctx, buf, (size_t)len);
-	SHA1_Final(d, &st->ctx);
-	outer = st->outer0;
+	SHA1_Update(&hmac_run, buf, (size_t)len);
+	SHA1_Final(d, &hmac_run);
+	midstate_load(&outer, st->outer);
 	SHA1_Update(&outer, d, sizeof(d));
 	SHA1_Final(d, &outer);
 	memcpy(tag, d, (size_t)tag_len);
