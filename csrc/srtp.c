@@ -554,11 +554,12 @@ int lsip_srtp_negotiate(enum lsip_srtp_policy pol, const char *offer_proto,
  * the helpers and goes out as SRTCP; the socket frees the helpers), then
  * the struct.
  *
- * Memory: the struct is about 250 bytes; each libsrtp2 session costs
- * about 30 KiB more (measured with mallinfo2 on Debian's libsrtp2 2.5.0,
- * built with the NSS crypto backend: the per-stream NSS cipher contexts
- * dominate, and one srtp_t holding both directions costs the same as
- * two), so an SRTP call holds about 60 KiB that a plain one does not.
+ * Memory: the struct is about 400 bytes. With the crypto of srtp_ossl.c
+ * an SRTP call holds about 5 KB that a plain one does not (bench/
+ * RESULTS.md: 42.5 against 37.7 KB per call at 500 calls); with
+ * libsrtp2's own (LUASIP_SRTP_BUILTIN=1: Debian builds it on NSS, whose
+ * per-stream cipher contexts dominate) each session cost about 30 KiB
+ * (mallinfo2), about 60 KiB per call.
  */
 
 
@@ -629,7 +630,7 @@ static bool pf_on;               /* libsrtp2 2.5.x, our crypto, not off */
 
 
 struct lsip_msrtp {
-	/* first: what the udp helpers read for every packet (one line) */
+	/* first: what the udp helpers read for every packet */
 	srtp_t tx_ctx, rx_ctx;             /* stx->ctx, srx->ctx, or NULL */
 	uint32_t fail, replay, rtcp_fail, tx_err;
 	uint32_t pf_tx_ssrc, pf_rx_ssrc;   /* plans built for (network
