@@ -626,6 +626,13 @@ enum {
 typedef uint64_t pf_plan[PF_RANGES];
 #define PF_SHIFT 48
 
+/* one direction's plan and the SSRC it was built for (once per SSRC) */
+struct pf {
+	pf_plan plan;
+	uint32_t ssrc;                     /* network order, if set */
+	bool set;
+};
+
 static bool pf_on;               /* libsrtp2 2.5.x, our crypto, not off */
 
 
@@ -633,10 +640,7 @@ struct lsip_msrtp {
 	/* first: what the udp helpers read for every packet */
 	srtp_t tx_ctx, rx_ctx;             /* stx->ctx, srx->ctx, or NULL */
 	uint32_t fail, replay, rtcp_fail, tx_err;
-	uint32_t pf_tx_ssrc, pf_rx_ssrc;   /* plans built for (network
-					    * order), if pf_tx_set, pf_rx_set */
-	bool pf_tx_set, pf_rx_set;
-	pf_plan pf_tx, pf_rx;
+	struct pf pf_tx, pf_rx;
 	enum lsip_srtp_policy pol;
 	unsigned suites;                   /* bit i: suite_names[i] allowed */
 	struct sdes_key offered[NSUITES];  /* our lines in a=crypto */
@@ -732,8 +736,7 @@ static inline void pf_run(const pf_plan pf)
 
 
 /* after a packet went through: a plan for its SSRC (once per SSRC) */
-static inline void pf_check(pf_plan pf, uint32_t *pf_ssrc, bool *set,
-			    srtp_t ctx, const struct mbuf *mb)
+static inline void pf_check(struct pf *pf, srtp_t ctx, const struct mbuf *mb)
 {
 	uint32_t ssrc;
 
@@ -741,21 +744,20 @@ static inline void pf_check(pf_plan pf, uint32_t *pf_ssrc, bool *set,
 		return;
 
 	memcpy(&ssrc, mbuf_buf(mb) + 8, sizeof(ssrc));
-	if (*set && ssrc == *pf_ssrc)
+	if (pf->set && ssrc == pf->ssrc)
 		return;
 
-	pf_build(pf, ctx, ssrc);
-	*pf_ssrc = ssrc;
-	*set = true;
+	pf_build(pf->plan, ctx, ssrc);
+	pf->ssrc = ssrc;
+	pf->set = true;
 }
 
 
 /* plans are rebuilt at the next packet of each direction */
 static void pf_reset(struct lsip_msrtp *s)
 {
-	memset(s->pf_tx, 0, sizeof(s->pf_tx));
-	memset(s->pf_rx, 0, sizeof(s->pf_rx));
-	s->pf_tx_set = s->pf_rx_set = false;
+	memset(&s->pf_tx, 0, sizeof(s->pf_tx));
+	memset(&s->pf_rx, 0, sizeof(s->pf_rx));
 }
 
 
@@ -788,13 +790,12 @@ static bool send_rtp(int *err, struct sa *dst, struct mbuf *mb, void *arg)
 	struct lsip_msrtp *s = arg;
 
 	(void)dst;
-	pf_run(s->pf_tx);
+	pf_run(s->pf_tx.plan);
 	*err = transform_ctx(s->tx_ctx, mb, false, true);
 	if (*err)
 		++s->tx_err;
 	else
-		pf_check(s->pf_tx, &s->pf_tx_ssrc, &s->pf_tx_set, s->tx_ctx,
-			 mb);
+		pf_check(&s->pf_tx, s->tx_ctx, mb);
 
 	return false;
 }
@@ -806,11 +807,10 @@ static bool recv_rtp(struct sa *src, struct mbuf *mb, void *arg)
 	int err;
 
 	(void)src;
-	pf_run(s->pf_rx);
+	pf_run(s->pf_rx.plan);
 	err = transform_ctx(s->rx_ctx, mb, false, false);
 	if (!err) {
-		pf_check(s->pf_rx, &s->pf_rx_ssrc, &s->pf_rx_set, s->rx_ctx,
-			 mb);
+		pf_check(&s->pf_rx, s->rx_ctx, mb);
 		return false;
 	}
 
@@ -1297,7 +1297,7 @@ void lsip_msrtp_stats(lua_State *L, const struct lsip_msrtp *s)
 	lua_setfield(L, -2, "srtcp_fail");
 	lua_pushinteger(L, s ? s->tx_err : 0);
 	lua_setfield(L, -2, "srtp_tx_fail");
-	lua_pushboolean(L, s && s->pf_tx[0] && s->pf_rx[0]);
+	lua_pushboolean(L, s && s->pf_tx.plan[0] && s->pf_rx.plan[0]);
 	lua_setfield(L, -2, "srtp_warm");
 }
 

@@ -66,6 +66,9 @@ enum { ICM_CHUNK = 16 };        /* keystream blocks per EVP call (a
 				 * G.711 packet: 11) */
 
 
+/* an instance is one block: libsrtp2's srtp_cipher_t, then our state */
+enum { ICM_BLOCK = sizeof(srtp_cipher_t) + sizeof(struct icm) };
+
 static const srtp_cipher_type_t icm_type;
 
 
@@ -176,7 +179,7 @@ static srtp_err_status_t icm_alloc(srtp_cipher_pointer_t *cp, int key_len,
 	if (!cp || key_len != SRTP_AES_ICM_128_KEY_LEN_WSALT)
 		return srtp_err_status_bad_param;
 
-	c = calloc(1, sizeof(*c) + sizeof(*st));
+	c = calloc(1, ICM_BLOCK);
 	if (!c)
 		return srtp_err_status_alloc_fail;
 
@@ -209,7 +212,7 @@ static srtp_err_status_t icm_dealloc(srtp_cipher_pointer_t c)
 	st = c->state;
 	if (st->ctx)
 		EVP_CIPHER_CTX_free(st->ctx);
-	OPENSSL_cleanse(c, sizeof(*c) + sizeof(*st));
+	OPENSSL_cleanse(c, ICM_BLOCK);
 	free(c);
 
 	return srtp_err_status_ok;
@@ -383,6 +386,9 @@ struct hmac {
 
 static _Thread_local SHA_CTX hmac_run;
 
+/* an instance is one block: libsrtp2's srtp_auth_t, then our state */
+enum { HMAC_BLOCK = sizeof(srtp_auth_t) + sizeof(struct hmac) };
+
 
 static const srtp_auth_type_t hmac_type;
 
@@ -396,7 +402,7 @@ static srtp_err_status_t hmac_alloc(srtp_auth_pointer_t *ap, int key_len,
 	    out_len < 1 || out_len > SHA_DIGEST_LENGTH)
 		return srtp_err_status_bad_param;
 
-	a = calloc(1, sizeof(*a) + sizeof(struct hmac));
+	a = calloc(1, HMAC_BLOCK);
 	if (!a)
 		return srtp_err_status_alloc_fail;
 
@@ -416,7 +422,7 @@ static srtp_err_status_t hmac_dealloc(srtp_auth_pointer_t a)
 	if (!a)
 		return srtp_err_status_bad_param;
 
-	OPENSSL_cleanse(a, sizeof(*a) + sizeof(struct hmac));
+	OPENSSL_cleanse(a, HMAC_BLOCK);
 	free(a);
 
 	return srtp_err_status_ok;
@@ -534,7 +540,7 @@ static const srtp_auth_type_t hmac_type = {
 
 /**
  * The memory one of our cipher instances occupies (its srtp_cipher_t and
- * state are one block), for prefetching (srtp.c)
+ * state are one block), for srtp.c's warming
  *
  * @param c An srtp_cipher_t of libsrtp2's
  *
@@ -544,14 +550,13 @@ size_t lsip_srtp_ossl_cipher_size(const void *c)
 {
 	const srtp_cipher_t *ci = c;
 
-	return ci && ci->type == &icm_type ?
-		sizeof(*ci) + sizeof(struct icm) : 0;
+	return ci && ci->type == &icm_type ? ICM_BLOCK : 0;
 }
 
 
 /**
  * The memory one of our auth instances occupies (srtp_auth_t and state in
- * one block), for prefetching (srtp.c)
+ * one block), for srtp.c's warming
  *
  * @param a An srtp_auth_t of libsrtp2's
  *
@@ -561,8 +566,7 @@ size_t lsip_srtp_ossl_auth_size(const void *a)
 {
 	const srtp_auth_t *au = a;
 
-	return au && au->type == &hmac_type ?
-		sizeof(*au) + sizeof(struct hmac) : 0;
+	return au && au->type == &hmac_type ? HMAC_BLOCK : 0;
 }
 
 
