@@ -427,7 +427,7 @@ for mode in $MODES; do
         # search (a busy shared machine delays the server now and then);
         # lost calls or packets, or a saturated server core, do
         [[ $STEP_LINE =~ why=tx_p99_over_[0-9]+ms$ ]] || ((STEP_PASS)) || break
-        scpu=$(awk '{ for (i = 1; i <= NF; i++) if (index($i, "server_cpu=") == 1) print substr($i, 12) }' <<<"$STEP_LINE")
+        scpu=$(field server_cpu "$STEP_LINE")
         awk -v c="$scpu" 'BEGIN { exit !(c == "nan" || c + 0 >= 97) }' && break
     done
     if ((REPEAT_ROUNDS > 0)); then
